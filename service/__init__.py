@@ -1,0 +1,1 @@
+"""imgcls service."""

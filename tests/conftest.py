@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny datasets built on the fly, and markers that skip with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none")
+    try:
+        import torch_tensorrt  # noqa: F401
+
+        tensorrt_reason = None if torch.cuda.is_available() else "needs a CUDA GPU for TensorRT"
+    except ImportError:
+        tensorrt_reason = "torch_tensorrt is not installed (TensorRT cannot be installed from PyPI here)"
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+        if "tensorrt" in item.keywords and tensorrt_reason:
+            item.add_marker(pytest.mark.skip(reason=tensorrt_reason))
+
+
+def make_image(path: Path, label: int, index: int, size: int = 20, mode: str = "RGB") -> None:
+    """A learnable picture: class k is a bright bar at row band k, plus seeded noise."""
+    rng = np.random.default_rng(label * 1000 + index)
+    array = rng.integers(0, 40, size=(size, size, 3), dtype=np.uint8)
+    band = size // 4
+    array[label * band : (label + 1) * band, :, label % 3] = 230
+    image = Image.fromarray(array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.convert(mode).save(path)
+
+
+@pytest.fixture
+def make_imagefolder(tmp_path: Path):
+    """Factory: ``make_imagefolder(classes=3, per_class=12)`` -> an ImageFolder path."""
+
+    def build(classes: int = 3, per_class: int = 12, name: str = "tiny", size: int = 20) -> Path:
+        root = tmp_path / name
+        for label in range(classes):
+            for index in range(per_class):
+                make_image(root / f"class_{label}" / f"{index:03d}.png", label, index, size)
+        return root
+
+    return build
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path):
+    """Factory for a RunConfig that trains simple_cnn for a couple of epochs in seconds."""
+    from trainer.config import load_config
+
+    def build(data: Path, *overrides: str):
+        return load_config(
+            None,
+            [
+                f"data.path={data}",
+                f"runs_dir={tmp_path / 'runs'}",
+                f"export.out_dir={tmp_path / 'models'}",
+                "run_name=tiny",
+                "preprocess.image_size=16",
+                "preprocess.resize=16",
+                "augment.preset=light",
+                "train.epochs=2",
+                "train.batch_size=8",
+                "data.val_fraction=0.2",
+                "data.test_fraction=0.2",
+                "export.parity_samples=8",
+                *overrides,
+            ],
+        )
+
+    return build

@@ -1,0 +1,201 @@
+"""Train for real on a tiny generated ImageFolder, export both formats, load them back, check parity."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from trainer.errors import DataError, ExportError
+from trainer.export import export_bundle
+from trainer.manifest import load_manifest, verify_artifacts
+from trainer.rundir import RunDir
+from trainer.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """One real 2-epoch run shared by the export tests (training is the slow part)."""
+    from tests.conftest import make_image
+    from trainer.config import load_config
+
+    root = tmp_path_factory.mktemp("train")
+    data = root / "tiny"
+    for label in range(3):
+        for index in range(12):
+            make_image(data / f"class_{label}" / f"{index:03d}.png", label, index)
+    config = load_config(
+        None,
+        [
+            f"data.path={data}",
+            f"runs_dir={root / 'runs'}",
+            f"export.out_dir={root / 'models'}",
+            "run_name=tiny",
+            "preprocess.image_size=16",
+            "preprocess.resize=16",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "data.val_fraction=0.2",
+            "data.test_fraction=0.2",
+            "export.parity_samples=8",
+        ],
+    )
+    result = train(config, config_name="tiny")
+    return result, root
+
+
+def test_a_run_writes_every_record_a_user_audits(trained):
+    result, _ = trained
+    run = RunDir(result.run_dir)
+    for path in (
+        run.config,
+        run.labels,
+        run.split,
+        run.data_report,
+        run.metrics_csv,
+        run.metrics_json,
+        run.per_class_csv,
+        run.curves_png,
+        run.confusion_png,
+        run.best_checkpoint,
+        run.last_checkpoint,
+    ):
+        assert path.is_file(), path
+    assert any(run.tensorboard.glob("events.out.tfevents.*"))
+    assert len(run.metrics_csv.read_text().splitlines()) == 3  # header + 2 epochs
+    metrics = json.loads(run.metrics_json.read_text())
+    assert set(metrics["test"]) >= {"accuracy", "precision_macro", "recall_macro", "f1_macro", "samples"}
+    assert "top5_accuracy" not in metrics["test"]  # only 3 classes
+    assert len(metrics["confusion_matrix"]) == 3
+    split_rows = run.split.read_text().splitlines()
+    assert split_rows[0] == "path,label,split" and len(split_rows) == 1 + 36
+
+
+def test_export_writes_a_bundle_that_loads_with_plain_runtimes(trained):
+    result, root = trained
+    exported = export_bundle(result.run_dir, out_dir=root / "models", name="tiny")
+    bundle = exported.bundle_dir
+    assert bundle == root / "models" / "tiny" / "1"
+    manifest = load_manifest(bundle)
+    verify_artifacts(bundle, manifest)
+    assert manifest.labels == ("class_0", "class_1", "class_2")
+    assert manifest.metrics["accuracy"] == result.test_metrics["accuracy"]
+    assert {a.format for a in manifest.artifacts} == {"torchscript", "onnx"}
+    for artifact in manifest.artifacts:
+        assert artifact.parity.passed and artifact.parity.top1_agreement == 1.0
+        assert artifact.parity.max_abs_diff <= artifact.parity.tolerance
+
+    batch = torch.rand(5, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(bundle / "model.torchscript.pt"))
+    with torch.inference_mode():
+        ts_out = scripted(batch).numpy()
+    onnx_model = onnx.load(str(bundle / "model.onnx"))
+    onnx.checker.check_model(onnx_model)
+    assert onnx_model.opset_import[0].version >= 17
+    assert onnx_model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"input": batch.numpy()})[0]
+    assert ts_out.shape == onnx_out.shape == (5, 3)
+    np.testing.assert_allclose(ts_out, onnx_out, atol=1e-4)
+
+
+def test_export_picks_the_next_version_and_never_overwrites(trained):
+    result, root = trained
+    out = root / "versions"
+    first = export_bundle(result.run_dir, out_dir=out, name="m", formats=("onnx",))
+    second = export_bundle(result.run_dir, out_dir=out, name="m", formats=("onnx",))
+    assert (first.bundle_dir.name, second.bundle_dir.name) == ("1", "2")
+    with pytest.raises(ExportError, match=r"already exists"):
+        export_bundle(result.run_dir, out_dir=out, name="m", version=1, formats=("onnx",))
+    replaced = export_bundle(
+        result.run_dir, out_dir=out, name="m", version=1, formats=("torchscript",), force=True
+    )
+    assert [a.format for a in load_manifest(replaced.bundle_dir).artifacts] == ["torchscript"]
+    assert sorted(p.name for p in (out / "m").iterdir()) == ["1", "2"]
+
+
+def test_artifact_that_disagrees_fails_the_export_and_leaves_nothing(trained, monkeypatch):
+    import trainer.export as export_module
+
+    result, root = trained
+    write, run_artifact = export_module._EXPORTERS["onnx"]
+    monkeypatch.setitem(export_module._EXPORTERS, "onnx", (write, lambda p, b: run_artifact(p, b) * 5.0))
+    out = root / "broken"
+    with pytest.raises(
+        ExportError, match=r"onnx artifact disagrees with the eager model.*nothing was written"
+    ):
+        export_bundle(result.run_dir, out_dir=out, name="m")
+    assert list((out / "m").iterdir()) == []  # no bundle, no staging folder
+
+
+def test_resume_continues_a_run_exactly(make_imagefolder, tiny_config):
+    data = make_imagefolder(classes=2, per_class=10)
+    straight = train(tiny_config(data, "run_name=straight", "train.epochs=2", "train.ema_decay=0.9"))
+    interrupted_cfg = tiny_config(data, "run_name=resumed", "train.epochs=1", "train.ema_decay=0.9")
+    first = train(interrupted_cfg)
+    resumed_cfg = RunDir(first.run_dir).read_config(["train.epochs=2"])
+    train(resumed_cfg, resume=first.run_dir)
+    a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0, msg=key)
+    for key, value in a["ema"].items():
+        torch.testing.assert_close(value, b["ema"][key], rtol=0, atol=0, msg=key)
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    assert len((first.run_dir / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_unreadable_images_are_reported_and_skipped(make_imagefolder, tiny_config):
+    data = make_imagefolder(classes=2, per_class=10)
+    (data / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (data / "class_1" / "readme.txt").write_text("hello")
+    result = train(tiny_config(data, "train.epochs=1", "export.enabled=false"))
+    report = json.loads((result.run_dir / "data_report.json").read_text())
+    assert report["scanned"] == 22 and report["usable"] == 20
+    assert {Path(s["path"]).name for s in report["skipped"]} == {"broken.png", "readme.txt"}
+    assert "broken.png" not in (result.run_dir / "split.csv").read_text()
+
+
+def test_strict_mode_stops_before_writing_anything(make_imagefolder, tiny_config, tmp_path):
+    data = make_imagefolder(classes=2, per_class=10)
+    (data / "class_0" / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"1 unreadable file\(s\) and data.strict is set: .*broken.png"):
+        train(tiny_config(data, "data.strict=true"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_transfer_learning_freezes_the_backbone_first(make_imagefolder, tiny_config, tmp_path):
+    from trainer.models import create_model
+
+    data = make_imagefolder(classes=2, per_class=10)
+    weights = tmp_path / "pretrained.pt"
+    torch.save(create_model("simple_cnn", 5, in_chans=3, image_size=16).model.state_dict(), weights)
+    result = train(
+        tiny_config(
+            data,
+            f"model.weights={weights}",
+            "model.freeze_backbone_epochs=1",
+            "train.epochs=2",
+            "train.threads=1",
+        )
+    )
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    pretrained = torch.load(weights, weights_only=True)
+    # After the frozen epoch the backbone moved (epoch 2 trains it) but started from the file.
+    assert not torch.equal(state["model"]["features.0.weight"], pretrained["features.0.weight"])
+    assert state["model"]["head.weight"].shape == (2, 128)
+
+
+@pytest.mark.cuda
+def test_training_runs_on_cuda_with_mixed_precision(make_imagefolder, tiny_config):
+    data = make_imagefolder(classes=2, per_class=10)
+    result = train(tiny_config(data, "train.device=cuda", "train.amp=bf16", "train.epochs=1"))
+    assert json.loads((result.run_dir / "metrics.json").read_text())["precision"] == "bf16"

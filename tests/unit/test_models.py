@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.errors import ModelError, WeightsNotFoundError
+from trainer.models import MODEL_NAMES, create_model
+
+
+@pytest.fixture(autouse=True)
+def _empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """No test may find (or fetch) real pretrained weights: point every cache at an empty folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "vit_b_16"])
+def test_every_builtin_model_gets_a_head_for_the_dataset(name: str):
+    built = create_model(name, num_classes=7, in_chans=3, image_size=64)
+    with torch.inference_mode():
+        out = built.model.eval()(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+    assert any(n.startswith(built.head_prefix + ".") for n, _ in built.model.named_parameters())
+
+
+def test_vit_builds_for_a_non_default_image_size():
+    built = create_model("vit_b_16", num_classes=4, image_size=32)
+    with torch.inference_mode():
+        assert built.model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_grayscale_input_adapts_the_stem():
+    built = create_model("resnet18", num_classes=3, in_chans=1, image_size=32)
+    with torch.inference_mode():
+        assert built.model.eval()(torch.rand(2, 1, 32, 32)).shape == (2, 3)
+
+
+def test_timm_models_are_available_by_prefix():
+    built = create_model("timm:resnet10t", num_classes=5, image_size=32)
+    assert built.head_prefix == "fc"
+    with torch.inference_mode():
+        assert built.model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(ModelError, match=r"unknown model 'resnet19'; valid names: simple_cnn, resnet18"):
+        create_model("resnet19", num_classes=3)
+    with pytest.raises(ModelError, match=r"unknown timm model 'not_a_model'"):
+        create_model("timm:not_a_model", num_classes=3)
+
+
+def test_pretrained_without_a_cached_file_fails_fast_with_the_fix():
+    with pytest.raises(
+        WeightsNotFoundError, match=r"not in the torch cache .*resnet18-f37072fd.pth.*model.weights"
+    ):
+        create_model("resnet18", num_classes=3, pretrained=True)
+    with pytest.raises(WeightsNotFoundError, match=r"timm:resnet10t are not in the local"):
+        create_model("timm:resnet10t", num_classes=3, pretrained=True)
+
+
+def test_weights_from_a_local_file_load_into_the_backbone(tmp_path: Path):
+    import torchvision
+
+    source = torchvision.models.resnet18(num_classes=1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    built = create_model("resnet18", num_classes=3, weights=path, image_size=32)
+    torch.testing.assert_close(built.model.conv1.weight, source.conv1.weight)
+    torch.testing.assert_close(built.model.layer4[1].bn2.running_mean, source.layer4[1].bn2.running_mean)
+    assert built.model.fc.out_features == 3
+    assert built.weights_source == str(path)
+
+
+def test_weights_found_in_the_torch_cache_are_used(tmp_path: Path):
+    import torchvision
+
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    source = torchvision.models.mobilenet_v3_small()
+    torch.save(
+        source.state_dict(), cache / Path(torchvision.models.MobileNet_V3_Small_Weights.DEFAULT.url).name
+    )
+    built = create_model("mobilenet_v3_small", num_classes=3, pretrained=True, image_size=32)
+    torch.testing.assert_close(built.model.features[0][0].weight, source.features[0][0].weight)
+
+
+def test_weights_for_another_architecture_are_rejected(tmp_path: Path):
+    import torchvision
+
+    path = tmp_path / "wrong.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    with pytest.raises(ModelError, match=r"weights do not fit this architecture"):
+        create_model("resnet18", num_classes=3, weights=path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_reported(tmp_path: Path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match=r"junk.pth: cannot read weights"):
+        create_model("simple_cnn", num_classes=3, weights=path, in_chans=1, image_size=16)

@@ -1,0 +1,5 @@
+"""``python -m trainer`` is the ``imgcls`` command."""
+
+from trainer.cli import run
+
+run()

@@ -1,0 +1,185 @@
+"""The ``imgcls`` command line: the one place where errors become messages and exit codes.
+
+Exit codes: 0 success; 1 a failure while running (export parity, a crashed epoch);
+2 bad input the user can fix (config, data, model name, bundle); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from trainer.errors import ImgclsError
+
+__all__ = ["app", "main", "run"]
+
+app = typer.Typer(
+    name="imgcls",
+    help="Train, evaluate and export image classifiers (and, in later releases, serve them).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Write the embedded datasets to disk.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+log = logging.getLogger("imgcls")
+
+
+@data_app.command("digits")
+def data_digits(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write <out>/<digit>/<n>.png into.")] = Path(
+        "data/digits"
+    ),
+    overwrite: Annotated[bool, typer.Option(help="Replace the folder if it already has files.")] = False,
+) -> None:
+    """Write scikit-learn's handwritten digits (1,797 8x8 images, 10 classes) as an ImageFolder of PNGs."""
+    from trainer.digits import write_digits
+
+    counts = write_digits(out, overwrite=overwrite)
+    typer.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {out}")
+
+
+@app.command()
+def models() -> None:
+    """List the model names `imgcls train` accepts (model.name)."""
+    from trainer.models import describe_models
+
+    for name in describe_models():
+        typer.echo(name)
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML training config (see configs/).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override any config field: section.field=value (repeatable)."),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Run folder name under runs_dir (run_name).")] = None,
+    model: Annotated[str | None, typer.Option(help="Architecture (model.name); see `imgcls models`.")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Local pretrained weights file (model.weights).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Number of epochs (train.epochs).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (train.device).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop before training if any image is unreadable (data.strict).")
+    ] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")
+    ] = None,
+    export: Annotated[
+        bool | None, typer.Option("--export/--no-export", help="Export a bundle at the end (export.enabled).")
+    ] = None,
+) -> None:
+    """Train a classifier on a folder of labelled images, evaluate it on the test split, and export a bundle.
+
+    Precedence: config defaults < --config YAML < --set overrides < the named options.
+    """
+    from trainer.export import export_bundle
+    from trainer.rundir import RunDir
+    from trainer.train import train as run_training
+
+    named = {
+        "data.path": data,
+        "run_name": run_name,
+        "model.name": model,
+        "model.weights": weights,
+        "train.epochs": epochs,
+        "train.device": device,
+        "train.seed": seed,
+        "data.strict": True if strict else None,
+        "export.enabled": export,
+    }
+    all_overrides = list(overrides or []) + [f"{k}={v}" for k, v in named.items() if v is not None]
+    if resume is not None:
+        if config is not None:
+            raise click.UsageError(
+                "--resume uses the run's own config.yaml; drop --config (--set still applies)"
+            )
+        resolved = RunDir(resume).read_config(all_overrides)
+    else:
+        from trainer.config import load_config
+
+        resolved = load_config(config, all_overrides)
+    config_name = config.stem if config is not None else "run"
+    result = run_training(resolved, config_name=config_name, resume=resume)
+    accuracy = result.test_metrics["accuracy"]
+    samples = result.test_metrics["samples"]
+    typer.echo(f"test accuracy: {accuracy:.4f} ({round(accuracy * samples)}/{samples} images)")
+    typer.echo(f"run: {result.run_dir}")
+    if resolved.export.enabled:
+        exported = export_bundle(result.run_dir)
+        typer.echo(
+            f"bundle: {exported.bundle_dir} ({', '.join(a.path for a in exported.manifest.artifacts)})"
+        )
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Option("--run", help="The run folder (runs/<name>).")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Bundle folder models/NAME/VERSION (default: from the config)."),
+    ] = None,
+    formats: Annotated[
+        str | None, typer.Option(help="Comma-separated: torchscript,onnx (default: export.formats).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle of the same version.")] = False,
+) -> None:
+    """Export a run's best checkpoint to a verified model bundle (manifest, TorchScript, ONNX)."""
+    from trainer.export import export_bundle
+
+    out_dir = name = version = None
+    if out is not None:
+        if not out.name.isdigit() or int(out.name) < 1:
+            raise click.BadParameter(
+                f"{out}: the last folder must be the version number, e.g. models/digits/1", param_hint="--out"
+            )
+        out_dir, name, version = out.parent.parent, out.parent.name, int(out.name)
+    chosen = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None
+    result = export_bundle(run_dir, out_dir=out_dir, name=name, version=version, formats=chosen, force=force)
+    for artifact in result.manifest.artifacts:
+        parity = artifact.parity
+        typer.echo(
+            f"{artifact.path}: parity on {parity.samples} images: top-1 agreement {parity.top1_agreement:.4f}, "
+            f"max |softmax diff| {parity.max_abs_diff:.1e}"
+        )
+    typer.echo(f"bundle: {result.bundle_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (tests call this directly)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    try:
+        app(args=argv, prog_name="imgcls", standalone_mode=False)
+    except ImgclsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return 130
+    except FloatingPointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The training configuration: one pydantic model, loaded from YAML, overridden from the CLI.
+
+Precedence: the defaults here < the YAML file < ``--set section.field=value`` overrides.
+The resolved config is written into every run directory (``config.yaml``) and its digest
+into every bundle manifest, so a model can always be traced back to how it was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.errors import ConfigError
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "EvalTransformConfig",
+    "ExportConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_digest",
+    "load_config",
+]
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: Path = Path("data/digits")  # an ImageFolder directory, or a CSV file with columns path,label
+    format: Literal["auto", "imagefolder", "csv"] = (
+        "auto"  # auto: a .csv file is CSV, a directory ImageFolder
+    )
+    val_fraction: Fraction = 0.1  # used when the data has no val/ folder
+    test_fraction: Fraction = 0.2  # used when the data has no test/ folder
+    split_seed: int | None = None  # None: use train.seed
+    strict: bool = False  # stop before training when any image is unreadable, instead of skipping it
+    num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes; 0 loads in the main process
+    # keep decoded images in memory so epochs skip decoding; auto: when they fit in 1 GiB
+    cache_images: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves under 10% "
+                "for training; lower them"
+            )
+        return self
+
+
+class EvalTransformConfig(_Section):
+    """The evaluation transform; written into the bundle as ``manifest.preprocess``."""
+
+    image_size: int = Field(default=224, ge=8, le=4096)  # crop size (square)
+    resize: int | None = Field(
+        default=None, ge=8, le=4096
+    )  # shorter side before the crop; None: image_size/0.875
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    color_mode: Literal["RGB", "L"] = "RGB"
+    mean: tuple[float, ...] | None = None  # None: ImageNet mean (RGB) or 0.5 (L)
+    std: tuple[float, ...] | None = None  # None: ImageNet std (RGB) or 0.5 (L)
+
+
+class AugmentConfig(_Section):
+    preset: Literal["none", "light", "standard", "strong"] = "standard"
+    hflip: bool = True  # off for data where mirroring changes the class (digits, text)
+    mixup_alpha: float = Field(default=0.0, ge=0.0)  # 0 disables MixUp
+    cutmix_alpha: float = Field(default=0.0, ge=0.0)  # 0 disables CutMix
+    random_erasing: float | None = Field(default=None, ge=0.0, le=1.0)  # None: the preset's choice
+
+
+class ModelConfig(_Section):
+    name: str = "simple_cnn"  # see `imgcls models`; any timm model as timm:<name>
+    pretrained: bool = False  # load pretrained weights from `weights` or the local torch/timm cache
+    weights: Path | None = None  # a local checkpoint file (state dict); implies pretrained
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    freeze_backbone_epochs: int = Field(default=0, ge=0)  # train only the new head for this many epochs
+    # backbone lr = lr * this when fine-tuning (pretrained weights or a freeze phase); 1.0 from scratch
+    backbone_lr_scale: float = Field(default=0.1, gt=0.0, le=1.0)
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0.0)  # peak learning rate, reached after warm-up
+    weight_decay: float = Field(default=0.05, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD only
+    nesterov: bool = True  # SGD only
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=1.0, ge=0.0)  # linear warm-up from warmup_start_factor * lr
+    warmup_start_factor: float = Field(default=0.1, gt=0.0, le=1.0)
+    min_lr_factor: float = Field(default=0.01, ge=0.0, le=1.0)  # cosine floor, as a fraction of lr
+    step_epochs: int = Field(default=10, ge=1)  # step: multiply lr by step_gamma every step_epochs
+    step_gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    grad_clip_norm: float | None = Field(default=None, gt=0.0)  # None: no clipping
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    eval_batch_size: int = Field(default=256, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # CUDA only; auto: bf16 where supported
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)  # e.g. 0.999; validate and export the EMA
+    early_stopping_metric: Literal["accuracy", "loss", "f1_macro"] = "accuracy"  # on the validation split
+    early_stopping_patience: int | None = Field(default=None, ge=1)  # None: train all epochs
+    early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
+    deterministic: bool = False  # torch.use_deterministic_algorithms; slower on CUDA
+    threads: int | None = Field(default=None, ge=1)  # torch intra-op threads on CPU; None: torch's default
+
+
+class ExportConfig(_Section):
+    enabled: bool = True  # export a bundle at the end of `imgcls train`
+    name: str | None = None  # None: the data folder's name
+    version: int | None = Field(default=None, ge=1)  # None: one above the highest existing version
+    out_dir: Path = Path("models")  # the model repository: bundles go to out_dir/name/version
+    formats: tuple[Literal["torchscript", "onnx"], ...] = ("torchscript", "onnx")
+    parity_samples: int = Field(default=64, ge=1)  # validation images compared eager vs exported
+    parity_tolerance: float = Field(default=1e-4, gt=0.0)  # max |softmax difference| allowed (fp32)
+    onnx_opset: int = Field(default=18, ge=17)
+
+
+class RunConfig(_Section):
+    """The whole training config (``configs/*.yaml``)."""
+
+    run_name: str | None = None  # None: <config name>-<timestamp>
+    runs_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    preprocess: EvalTransformConfig = EvalTransformConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` overrides; values are parsed as YAML (``1e-3``, ``[a, b]``, ``null``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.field=value, e.g. optim.lr=0.01")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown field")
+        else:
+            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return f"{source}: invalid config: " + "; ".join(problems)
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Build the run config from the defaults, an optional YAML file and CLI overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found; see configs/ for examples") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read YAML: {exc}".splitlines()[0]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (data:, model:, ...), got {type(loaded).__name__}"
+            )
+        tree = loaded
+    if overrides:
+        tree = apply_overrides(tree, overrides)
+        source += " + overrides"
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def config_digest(config: RunConfig) -> str:
+    """sha256 of the config's canonical JSON, ignoring where the run is written."""
+    payload = config.model_dump(mode="json", exclude={"run_name", "runs_dir"})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

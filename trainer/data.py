@@ -1,0 +1,209 @@
+"""Finding the labelled images: ImageFolder or CSV sources, and the up-front bad-data scan.
+
+Every file is opened and fully decoded once before training, so an unreadable, truncated
+or non-image file is reported (``data_report.json``) and skipped, and never crashes an epoch.
+Structural problems (no such path, empty folders, one class, a malformed CSV) raise
+:class:`~trainer.errors.DataError` with the file and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from trainer.errors import DataError
+
+__all__ = [
+    "SPLIT_NAMES",
+    "BadFile",
+    "DataSource",
+    "Sample",
+    "discover",
+    "scan_images",
+]
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True, order=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: Path
+    reason: str
+
+
+@dataclass
+class DataSource:
+    """What was found at ``data.path``: the class names and the samples, split or not."""
+
+    root: Path  # paths in split.csv are written relative to this
+    class_names: list[str]
+    samples: list[Sample] = field(default_factory=list)  # when the data is not pre-split
+    given_splits: dict[str, list[Sample]] = field(default_factory=dict)  # train/val/test folders
+
+    def all_samples(self) -> list[Sample]:
+        return self.samples + [s for split in self.given_splits.values() for s in split]
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    # Dot-files (.DS_Store, editor swap files) are not data; everything else is checked.
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_imagefolder(
+    folder: Path, class_names: Sequence[str] | None = None
+) -> tuple[list[str], list[Sample]]:
+    class_dirs = _class_folders(folder)
+    if not class_dirs:
+        raise DataError(
+            f"{folder}: no class folders found; expected one sub-folder per class ({folder}/<class>/<image>), "
+            "or pass a CSV file with columns path,label"
+        )
+    names = class_names if class_names is not None else [d.name for d in class_dirs]
+    index = {name: i for i, name in enumerate(names)}
+    samples: list[Sample] = []
+    for class_dir in class_dirs:
+        if class_dir.name not in index:
+            raise DataError(
+                f"{class_dir}: class {class_dir.name!r} is not among the training classes {list(names)}; "
+                "rename or remove the folder"
+            )
+        files = _visible_files(class_dir)
+        if not files:
+            raise DataError(f"{class_dir}: empty class folder; add images to it or remove it")
+        samples.extend(Sample(path, index[class_dir.name]) for path in files)
+    return list(names), samples
+
+
+def _read_csv(csv_path: Path) -> tuple[list[str], list[Sample]]:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in ("path", "label") if c not in columns]
+            if missing:
+                found = ",".join(columns) if columns else "nothing"
+                raise DataError(
+                    f"{csv_path}: missing column(s) {', '.join(missing)}; the first row must be the header "
+                    f"'path,label' (found {found})"
+                )
+            rows = [
+                ({k.strip(): (v or "").strip() for k, v in row.items() if k is not None}, reader.line_num)
+                for row in reader
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(
+            f"{csv_path}: cannot read the CSV ({exc}); save it as UTF-8 text with a path,label header"
+        ) from None
+    if not rows:
+        raise DataError(f"{csv_path}: no rows after the header; add one 'path,label' row per image")
+    base = csv_path.parent
+    missing_paths: list[tuple[int, str]] = []
+    entries: list[tuple[Path, str]] = []
+    for row, line in rows:
+        if not row["path"] or not row["label"]:
+            raise DataError(f"{csv_path}: line {line}: empty path or label; every row needs both")
+        path = base / row["path"]
+        if not path.is_file():
+            missing_paths.append((line, row["path"]))
+        entries.append((path, row["label"]))
+    if missing_paths:
+        line, first = missing_paths[0]
+        more = f" (and {len(missing_paths) - 1} more)" if len(missing_paths) > 1 else ""
+        raise DataError(
+            f"{csv_path}: line {line}: {first!r} does not exist{more}; paths are relative to the CSV's folder "
+            f"({base}); fix or remove those rows"
+        )
+    names = sorted({label for _, label in entries})
+    index = {name: i for i, name in enumerate(names)}
+    return names, [Sample(path, index[label]) for path, label in entries]
+
+
+def _check_classes(where: Path, class_names: Sequence[str]) -> None:
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise DataError(
+            f"{where}: a classifier needs at least 2 classes, found {found}; add a folder per class"
+        )
+
+
+def discover(path: Path, fmt: str = "auto") -> DataSource:
+    """Find the classes and image files at ``path`` (an ImageFolder directory or a CSV file)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(
+            f"{path}: not found; point data.path at an image folder or CSV "
+            "(for the embedded digits: imgcls data digits --out data/digits)"
+        )
+    if fmt == "auto":
+        fmt = "csv" if path.is_file() else "imagefolder"
+    if fmt == "csv":
+        if not path.is_file():
+            raise DataError(f"{path}: data.format is csv but this is not a file; pass the CSV file itself")
+        names, samples = _read_csv(path)
+        _check_classes(path, names)
+        return DataSource(root=path.parent, class_names=names, samples=samples)
+    if not path.is_dir():
+        raise DataError(
+            f"{path}: not a directory; pass an ImageFolder directory, or a .csv file with data.format=csv"
+        )
+    present = {name: path / name for name in SPLIT_NAMES if (path / name).is_dir()}
+    if "train" in present and len(present) > 1:
+        names, train = _read_imagefolder(present["train"])
+        _check_classes(present["train"], names)
+        splits = {"train": train}
+        for name in ("val", "test"):
+            if name in present:
+                splits[name] = _read_imagefolder(present[name], names)[1]
+        return DataSource(root=path, class_names=names, given_splits=splits)
+    names, samples = _read_imagefolder(path)
+    _check_classes(path, names)
+    return DataSource(root=path, class_names=names, samples=samples)
+
+
+def _check_image(path: Path) -> tuple[Path, str | None, tuple[int, int, int] | None]:
+    """(path, reason it is bad or None, (width, height, bands) when good)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # structure and checksums (PNG CRCs)
+        with Image.open(path) as image:
+            image.load()  # a full decode: catches truncated data that verify() passes
+            return path, None, (image.width, image.height, len(image.getbands()))
+    except UnidentifiedImageError:
+        return path, "not an image (unrecognised format)", None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return path, f"unreadable: {reason}", None
+
+
+def scan_images(
+    paths: Iterable[Path], threads: int = 4
+) -> tuple[dict[Path, tuple[int, int, int]], list[BadFile]]:
+    """Open and decode every file; return the good ones' sizes and the bad ones with reasons."""
+    good: dict[Path, tuple[int, int, int]] = {}
+    bad: list[BadFile] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # Pillow releases the GIL while decoding
+        for path, reason, size in pool.map(_check_image, paths):
+            if reason is None and size is not None:
+                good[path] = size
+            else:
+                bad.append(BadFile(path, reason or "unreadable"))
+    return good, sorted(bad, key=lambda b: b.path)

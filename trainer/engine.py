@@ -1,0 +1,125 @@
+"""The training loop: two plain functions, as in torchvision's classification reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+__all__ = ["Precision", "evaluate", "predict", "train_one_epoch"]
+
+
+class Precision:
+    """Autocast dtype and gradient scaler for one device (mixed precision only on CUDA)."""
+
+    def __init__(self, device: torch.device, amp: str) -> None:
+        self.device = device
+        if device.type != "cuda" or amp == "none":
+            self.dtype = None
+        elif amp == "auto":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    criterion: nn.Module,
+    device: torch.device,
+    precision: Precision,
+    *,
+    mixer: Callable | None = None,
+    grad_clip_norm: float | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    channels_last: bool = False,
+    progress: str | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean loss and the training accuracy."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    bar = tqdm(
+        loader,
+        desc=progress,
+        leave=False,
+        disable=None if progress else True,  # None: only on a terminal
+        unit="batch",
+        dynamic_ncols=True,
+    )
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        hard_targets = targets
+        if mixer is not None:
+            images, targets = mixer(images, targets)
+        with precision.autocast():
+            logits = model(images)
+            loss = criterion(logits, targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()}; lower optim.lr or enable optim.grad_clip_norm")
+        optimizer.zero_grad(set_to_none=True)
+        precision.scaler.scale(loss).backward()
+        if grad_clip_norm is not None:
+            precision.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        batch = images.shape[0]
+        total_loss += loss.item() * batch
+        correct += (logits.argmax(dim=1) == hard_targets).sum().item()
+        seen += batch
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (float32, ``[N, classes]``) and labels for every item in ``loader``."""
+    model.eval()
+    all_logits, all_labels = [], []
+    context = precision.autocast() if precision is not None else nullcontext()
+    for images, labels in loader:
+        with context:
+            logits = model(images.to(device, non_blocking=True))
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels)
+    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision | None = None
+) -> dict[str, float]:
+    """Loss, accuracy and macro F1 on ``loader`` (used on the validation split every epoch)."""
+    from sklearn.metrics import f1_score
+
+    logits, labels = predict(model, loader, device, precision)
+    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    predictions = logits.argmax(axis=1)
+    return {
+        "loss": loss,
+        "accuracy": float((predictions == labels).mean()),
+        "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+    }

@@ -1,0 +1,270 @@
+"""The model bundle manifest: the one contract between the trainer and the service.
+
+A bundle is a directory ``models/<name>/<version>/`` holding ``manifest.json`` and the model
+files it lists. The trainer writes it (``trainer.export``); the service reads it with
+:func:`load_manifest` and :func:`verify_artifacts`, and builds its preprocessing from
+``manifest.preprocess`` rather than from copied constants.
+
+This module imports only pydantic and the standard library, so the service can use it
+without pulling in the trainer's dependencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer.errors import BundleError
+
+__all__ = [
+    "MANIFEST_FILENAME",
+    "SCHEMA_VERSION",
+    "Artifact",
+    "InputSpec",
+    "Manifest",
+    "ParityResult",
+    "PreprocessSpec",
+    "SourceInfo",
+    "load_manifest",
+    "sha256_file",
+    "verify_artifacts",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_FILENAME = "manifest.json"
+
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+ColorMode = Literal["RGB", "L"]
+ArtifactFormat = Literal["torchscript", "onnx", "torchscript_tensorrt"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessSpec(_Strict):
+    """The evaluation transform, applied in this order to a decoded image.
+
+    1. convert to ``color_mode`` (``RGB`` or ``L``);
+    2. resize so the shorter side is ``resize`` pixels (aspect ratio kept), with
+       ``interpolation`` and antialiasing, on the uint8 image;
+    3. center-crop to ``crop_height`` × ``crop_width``;
+    4. scale to [0, 1] and normalise per channel with ``mean`` and ``std``.
+    """
+
+    resize: Annotated[int, Field(ge=1, le=4096)]
+    crop_height: Annotated[int, Field(ge=1, le=4096)]
+    crop_width: Annotated[int, Field(ge=1, le=4096)]
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    color_mode: ColorMode = "RGB"
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color_mode == "RGB" else 1
+
+    @model_validator(mode="after")
+    def _check_consistent(self) -> PreprocessSpec:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(
+                f"mean and std need {self.channels} value(s) for color_mode {self.color_mode!r}, "
+                f"got mean={list(self.mean)} std={list(self.std)}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive, got {list(self.std)}")
+        if self.resize < min(self.crop_height, self.crop_width):
+            raise ValueError(
+                f"resize ({self.resize}) is smaller than the crop "
+                f"({self.crop_height}x{self.crop_width}); the crop would pad the image"
+            )
+        return self
+
+
+class InputSpec(_Strict):
+    """The tensor the model takes: ``[batch, channels, height, width]`` float32, batch dynamic."""
+
+    channels: Literal[1, 3]
+    height: Annotated[int, Field(ge=1)]
+    width: Annotated[int, Field(ge=1)]
+    dtype: Literal["float32"] = "float32"
+    layout: Literal["NCHW"] = "NCHW"
+
+
+class ParityResult(_Strict):
+    """How an exported artifact compares with the eager model on validation images."""
+
+    samples: Annotated[int, Field(ge=1)]
+    top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)]
+    max_abs_diff: Annotated[float, Field(ge=0.0)]  # largest |softmax(eager) - softmax(artifact)|
+    tolerance: Annotated[float, Field(gt=0.0)]
+    passed: bool
+
+
+class Artifact(_Strict):
+    """One model file in the bundle."""
+
+    format: ArtifactFormat
+    path: str  # relative to the bundle directory, a plain file name
+    precision: Precision = "fp32"
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size_bytes: Annotated[int, Field(ge=1)]
+    device: Literal["cpu", "cuda"] = "cpu"  # where the parity check ran (TensorRT engines are GPU-bound)
+    opset: int | None = None  # ONNX only
+    parity: ParityResult
+
+    @field_validator("path")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value in {".", ".."} or value.startswith("."):
+            raise ValueError(f"artifact path must be a plain file name inside the bundle, got {value!r}")
+        return value
+
+
+class SourceInfo(_Strict):
+    """Where the bundle came from, for audit."""
+
+    run_dir: str
+    git_sha: str | None = None
+    imgcls_version: str
+    torch_version: str
+
+
+class Manifest(_Strict):
+    """``manifest.json``: everything needed to load, preprocess for, and trust a model."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str
+    version: Annotated[int, Field(ge=1)]
+    task: Literal["multiclass"] = "multiclass"
+    labels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    input: InputSpec
+    output: Literal["logits"] = "logits"  # artifacts return raw logits; apply softmax for probabilities
+    artifacts: tuple[Artifact, ...]
+    metrics: dict[str, float]
+    created_at: datetime
+    architecture: str
+    config_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # sha256 of the resolved training config
+    source: SourceInfo
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME_PATTERN.match(value):
+            raise ValueError(
+                f"model name {value!r} must be 1-64 characters of lowercase letters, digits, '_', '.', '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) < 2:
+            raise ValueError(f"a classifier needs at least 2 labels, got {list(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError("labels must be unique")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _has_accuracy(cls, value: dict[str, float]) -> dict[str, float]:
+        if "accuracy" not in value:
+            raise ValueError("metrics must include 'accuracy' (the test-split accuracy)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistent(self) -> Manifest:
+        if not self.artifacts:
+            raise ValueError("a bundle needs at least one artifact")
+        paths = [a.path for a in self.artifacts]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"artifact paths must be unique, got {paths}")
+        spec = self.preprocess
+        if (self.input.channels, self.input.height, self.input.width) != (
+            spec.channels,
+            spec.crop_height,
+            spec.crop_width,
+        ):
+            raise ValueError(
+                f"input {self.input.channels}x{self.input.height}x{self.input.width} does not match the "
+                f"preprocess output {spec.channels}x{spec.crop_height}x{spec.crop_width}"
+            )
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def artifact(self, fmt: ArtifactFormat, precision: Precision | None = None) -> Artifact | None:
+        """The first artifact of this format (and precision, when given), or None."""
+        for artifact in self.artifacts:
+            if artifact.format == fmt and (precision is None or artifact.precision == precision):
+                return artifact
+        return None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(bundle_dir: Path) -> Manifest:
+    """Read and validate ``bundle_dir/manifest.json``; raise :class:`BundleError` naming the problem."""
+    path = Path(bundle_dir) / MANIFEST_FILENAME
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(
+            f"{path}: no manifest; is {bundle_dir} a bundle written by 'imgcls export'?"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc}); re-export the bundle") from None
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise BundleError(
+            f"{path}: schema_version {raw.get('schema_version')!r} is not supported "
+            f"(this imgcls reads {SCHEMA_VERSION}); upgrade imgcls or re-export the bundle"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise BundleError(f"{path}: invalid manifest: {problems}") from None
+
+
+def verify_artifacts(bundle_dir: Path, manifest: Manifest) -> None:
+    """Check every listed artifact exists with its recorded size and sha256."""
+    for artifact in manifest.artifacts:
+        path = Path(bundle_dir) / artifact.path
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing; re-export the bundle")
+        size = path.stat().st_size
+        if size != artifact.size_bytes:
+            raise BundleError(
+                f"{path}: size {size} bytes, manifest says {artifact.size_bytes}; the file was changed or "
+                "truncated, re-export the bundle"
+            )
+        actual = sha256_file(path)
+        if actual != artifact.sha256:
+            raise BundleError(
+                f"{path}: sha256 {actual[:12]}… does not match the manifest's {artifact.sha256[:12]}…; "
+                "the file was changed after export, re-export the bundle"
+            )

@@ -1,0 +1,318 @@
+"""The model registry: one factory, ``create_model(name, num_classes, ...)``, for every architecture.
+
+Built-in names are ``simple_cnn`` and a set of torchvision classifiers; any timm model is
+available as ``timm:<name>``. Pretrained weights come from a local file or the local
+torch/timm caches only; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.errors import ModelError, WeightsNotFoundError
+
+__all__ = ["MODEL_NAMES", "BuiltModel", "SimpleCNN", "create_model", "describe_models"]
+
+
+class SimpleCNN(nn.Module):
+    """conv-conv-pool, conv-conv-pool, then a dense classifier: small, fast, right for small images."""
+
+    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+
+        self.features = nn.Sequential(
+            *block(in_chans, width),
+            *block(width, width),
+            nn.MaxPool2d(2),
+            *block(width, 2 * width),
+            *block(2 * width, 2 * width),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),  # any input size >= 16 px gives the same classifier input
+        )
+        self.neck = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(inplace=True), nn.Dropout(drop_rate)
+        )
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.neck(self.features(x)))
+
+
+@dataclass(frozen=True)
+class _Torchvision:
+    builder: str  # torchvision.models function name
+    weights_enum: str  # torchvision.models weights enum, for the cached file name
+    head: str  # dotted path of the final Linear layer
+
+
+_TORCHVISION: dict[str, _Torchvision] = {
+    "resnet18": _Torchvision("resnet18", "ResNet18_Weights", "fc"),
+    "resnet50": _Torchvision("resnet50", "ResNet50_Weights", "fc"),
+    "mobilenet_v3_small": _Torchvision("mobilenet_v3_small", "MobileNet_V3_Small_Weights", "classifier.3"),
+    "mobilenet_v3_large": _Torchvision("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "classifier.3"),
+    "efficientnet_b0": _Torchvision("efficientnet_b0", "EfficientNet_B0_Weights", "classifier.1"),
+    "vit_b_16": _Torchvision("vit_b_16", "ViT_B_16_Weights", "heads.head"),
+}
+
+MODEL_NAMES = ("simple_cnn", *_TORCHVISION)
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    head_prefix: str  # parameters under this name belong to the new classifier head
+    weights_source: str | None  # where pretrained weights came from, for the run log
+
+
+def describe_models() -> list[str]:
+    return [*MODEL_NAMES, "timm:<name> (any model from `timm.list_models()`)"]
+
+
+def _unknown(name: str) -> ModelError:
+    return ModelError(
+        f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}, or timm:<name> for any timm model"
+    )
+
+
+def _get_module(root: nn.Module, dotted: str) -> nn.Module:
+    return root.get_submodule(dotted)
+
+
+def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _replace_head(model: nn.Module, head: str, num_classes: int) -> None:
+    old = _get_module(model, head)
+    if not isinstance(old, nn.Linear):
+        raise ModelError(f"cannot replace head {head!r}: expected nn.Linear, found {type(old).__name__}")
+    _set_module(model, head, nn.Linear(old.in_features, num_classes))
+
+
+def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Give the stem conv ``in_chans`` inputs, summing/repeating pretrained RGB filters (timm's recipe)."""
+    from timm.models import adapt_input_conv
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == in_chans:
+                return
+            new = nn.Conv2d(
+                in_chans,
+                module.out_channels,
+                module.kernel_size,
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=module.groups,
+                bias=module.bias is not None,
+            )
+            with torch.no_grad():
+                new.weight.copy_(adapt_input_conv(in_chans, module.weight.detach()))
+                if module.bias is not None:
+                    new.bias.copy_(module.bias.detach())
+            _set_module(model, name, new)
+            return
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.pt``/``.pth``/``.bin`` checkpoint or ``.safetensors`` file.
+
+    Accepts bare state dicts and the common wrappers (``state_dict``, ``model``, ``model_ema``),
+    and strips a ``module.`` prefix left by DataParallel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path}: weights file not found; check model.weights / --weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a bad file
+        raise ModelError(
+            f"{path}: cannot read weights ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
+    for key in ("model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(
+            f"{path}: not a state dict of tensors; save weights with torch.save(model.state_dict())"
+        )
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_backbone_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], head_prefix: str, source: str
+) -> None:
+    """Load every matching tensor except the head (whose class count differs); fail if the backbone does not match."""
+    own = model.state_dict()
+    from timm.models import adapt_input_conv
+
+    compatible: dict[str, torch.Tensor] = {}
+    mismatched: list[str] = []
+    for key, value in state.items():
+        if key.startswith(head_prefix + ".") or key not in own:
+            continue
+        target = own[key]
+        stem_channels_differ = (
+            value.ndim == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]
+        )
+        if value.shape != target.shape and stem_channels_differ and value.shape[1] == 3:
+            value = adapt_input_conv(target.shape[1], value)  # RGB weights for a grayscale stem
+        if value.shape != target.shape:
+            mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
+            continue
+        compatible[key] = value
+    missing = [k for k in own if not k.startswith(head_prefix + ".") and k not in compatible]
+    if mismatched or missing:
+        detail = (mismatched + [f"{k} missing" for k in missing])[:3]
+        raise ModelError(
+            f"{source}: weights do not fit this architecture ({len(mismatched) + len(missing)} tensors: "
+            f"{'; '.join(detail)}); use weights saved from the same model"
+        )
+    model.load_state_dict(compatible, strict=False)
+
+
+def _torchvision_cache_file(spec: _Torchvision) -> Path:
+    import torchvision.models as tvm
+
+    url = getattr(tvm, spec.weights_enum).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def _timm_cache_file(name: str) -> Path | None:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.file:
+        return Path(cfg.file)
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    if cfg.url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _build_torchvision(name: str, num_classes: int, image_size: int, drop_rate: float) -> nn.Module:
+    import torchvision.models as tvm
+
+    kwargs: dict[str, object] = {"weights": None}
+    if name == "vit_b_16":
+        kwargs["image_size"] = image_size
+    if name.startswith(("mobilenet", "efficientnet")):
+        kwargs["dropout"] = drop_rate if drop_rate else 0.2
+    builder: Callable[..., nn.Module] = getattr(tvm, _TORCHVISION[name].builder)
+    return builder(**kwargs)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    in_chans: int = 3,
+    image_size: int = 224,
+    drop_rate: float = 0.0,
+    pretrained: bool = False,
+    weights: Path | None = None,
+) -> BuiltModel:
+    """Build ``name`` with a fresh ``num_classes``-way head, loading pretrained weights when asked."""
+    if num_classes < 2:
+        raise ModelError(f"num_classes must be at least 2, got {num_classes}")
+    if name == "simple_cnn":
+        if image_size < 16:
+            raise ModelError(
+                f"simple_cnn needs images of at least 16 px, got preprocess.image_size={image_size}"
+            )
+        model: nn.Module = SimpleCNN(num_classes, in_chans=in_chans, drop_rate=drop_rate)
+        head = "head"
+        if pretrained and weights is None:
+            raise WeightsNotFoundError(
+                "simple_cnn has no published weights; pass model.weights=PATH or pretrained=false"
+            )
+        source = None
+        if weights is not None:
+            _load_backbone_weights(model, read_state_dict(weights), head, str(weights))
+            source = str(weights)
+        return BuiltModel(model, head, source)
+
+    if name.startswith("timm:"):
+        return _create_timm(name.removeprefix("timm:"), num_classes, in_chans, drop_rate, pretrained, weights)
+
+    spec = _TORCHVISION.get(name)
+    if spec is None:
+        raise _unknown(name)
+    model = _build_torchvision(name, num_classes, image_size, drop_rate)
+    source = None
+    if pretrained or weights is not None:
+        path = weights if weights is not None else _torchvision_cache_file(spec)
+        if not Path(path).is_file():
+            raise WeightsNotFoundError(
+                f"pretrained weights for {name} are not in the torch cache ({path}) and nothing is downloaded; "
+                f"pass model.weights=PATH to a local file, or copy the file there, or set model.pretrained=false"
+            )
+        state = read_state_dict(path)
+        if name == "vit_b_16" and "encoder.pos_embedding" in state:
+            from torchvision.models.vision_transformer import interpolate_embeddings
+
+            state = interpolate_embeddings(image_size, 16, state)
+        _load_backbone_weights(model, state, spec.head, str(path))
+        source = str(path)
+    _replace_head(model, spec.head, num_classes)
+    if in_chans != 3:
+        _adapt_first_conv(model, in_chans)
+    return BuiltModel(model, spec.head, source)
+
+
+def _create_timm(
+    name: str, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, weights: Path | None
+) -> BuiltModel:
+    import timm
+
+    if not timm.is_model(name):
+        raise ModelError(
+            f"unknown timm model {name!r}; list them with python -c 'import timm; print(timm.list_models())'"
+        )
+    model = timm.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+    )
+    head = model.pretrained_cfg.get("classifier") or "head"
+    if isinstance(head, (list, tuple)):
+        head = head[0]
+    source = None
+    if pretrained or weights is not None:
+        path = weights if weights is not None else _timm_cache_file(name)
+        if path is None or not Path(path).is_file():
+            raise WeightsNotFoundError(
+                f"pretrained weights for timm:{name} are not in the local timm/Hugging Face cache and nothing is "
+                "downloaded; pass model.weights=PATH to a local file, or set model.pretrained=false"
+            )
+        _load_backbone_weights(model, read_state_dict(Path(path)), head, str(path))
+        source = str(path)
+    return BuiltModel(model, head, source)

@@ -1,0 +1,105 @@
+"""The layout of a run directory (``runs/<run-name>/``), named in one place.
+
+``imgcls train`` writes it, ``--resume`` and ``imgcls export`` read it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from trainer.config import RunConfig, load_config
+from trainer.errors import ConfigError
+
+__all__ = ["RunDir", "git_sha"]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"  # the resolved config, plus the git SHA as a comment
+
+    @property
+    def labels(self) -> Path:
+        return self.path / "labels.json"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.csv"
+
+    @property
+    def data_report(self) -> Path:
+        return self.path / "data_report.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def per_class_csv(self) -> Path:
+        return self.path / "per_class.csv"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.path / "confusion_matrix.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    def write_config(self, config: RunConfig, sha: str | None) -> None:
+        header = f"# resolved imgcls training config; git {sha or 'unknown'}\n"
+        body = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        self.config.write_text(header + body, encoding="utf-8")
+
+    def read_config(self, overrides: list[str] | None = None) -> RunConfig:
+        if not self.config.is_file():
+            raise ConfigError(f"{self.path}: not a run directory (no config.yaml); pass a folder under runs/")
+        return load_config(self.config, overrides)
+
+    def read_labels(self) -> list[str]:
+        try:
+            return list(json.loads(self.labels.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{self.labels}: cannot read the run's labels ({exc}); is the run complete?"
+            ) from None
+
+
+def git_sha() -> str | None:
+    """The commit the code runs from, when it runs from a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None

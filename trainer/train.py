@@ -1,0 +1,396 @@
+"""``imgcls train``: the whole recipe, top to bottom.
+
+data -> splits -> loaders -> model -> optimizer/schedule -> epochs (train, validate,
+checkpoint, early stop) -> test evaluation -> bundle export. Everything the run decides is
+written to its run directory (``trainer.rundir``), so it can be audited, resumed and exported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from trainer.config import RunConfig
+from trainer.data import DataSource, discover, scan_images
+from trainer.datasets import ImageDataset, make_loader
+from trainer.engine import Precision, evaluate, predict, train_one_epoch
+from trainer.errors import ConfigError, DataError
+from trainer.models import create_model
+from trainer.optim import build_optimizer, build_scheduler, set_backbone_trainable
+from trainer.report import classification_metrics, plot_confusion_matrix, plot_curves, write_per_class_csv
+from trainer.rundir import RunDir, git_sha
+from trainer.splits import Splits, read_split_file, resolve_splits, split_counts, write_split_file
+from trainer.transforms import batch_mixer, eval_transform, preprocess_spec, train_transform
+
+__all__ = ["TrainResult", "train"]
+
+log = logging.getLogger("imgcls.train")
+
+_CACHE_LIMIT_BYTES = 1 << 30
+_METRIC_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_f1_macro",
+    "seconds",
+]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    test_metrics: dict
+    best_epoch: int
+    seconds: float
+    bundle_dir: Path | None = None
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
+    """Find, scan and split the data; raises before anything is written to disk."""
+    data = config.data
+    source = discover(data.path, data.format)
+    candidates = source.all_samples()
+    good, bad = scan_images(s.path for s in candidates)
+    if bad and data.strict:
+        listed = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10])
+        more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(
+            f"{len(bad)} unreadable file(s) and data.strict is set: {listed}{more}. "
+            "Fix or remove them, or drop --strict to skip them"
+        )
+    seed = data.split_seed if data.split_seed is not None else config.train.seed
+    splits = resolve_splits(source, set(good), data.val_fraction, data.test_fraction, seed)
+    decoded_bytes = sum(w * h * c for w, h, c in good.values())
+    report = {
+        "data_path": str(data.path),
+        "scanned": len(candidates),
+        "usable": len(good),
+        "skipped": [{"path": str(b.path), "reason": b.reason} for b in bad],
+        "decoded_bytes": decoded_bytes,
+        "split_seed": seed,
+        "split_source": "folders" if source.given_splits else "stratified",
+        "class_counts": split_counts(splits, source.class_names),
+    }
+    return source, splits, report
+
+
+def _make_run_dir(config: RunConfig, config_name: str) -> RunDir:
+    name = config.run_name or f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    path = config.runs_dir / name
+    if path.exists():
+        raise ConfigError(
+            f"{path}: run directory already exists; continue it with --resume {path} or pick another --run-name"
+        )
+    path.mkdir(parents=True)
+    (path / "checkpoints").mkdir()
+    return RunDir(path)
+
+
+def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_METRIC_COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _improved(metric: str, value: float, best: float | None, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if metric == "loss" else value > best + min_delta
+
+
+def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = None) -> TrainResult:
+    """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint."""
+    started = time.perf_counter()
+    cfg_train, cfg_model = config.train, config.model
+    if cfg_train.threads:
+        torch.set_num_threads(cfg_train.threads)
+    _seed_everything(cfg_train.seed, cfg_train.deterministic)
+    device = _device(cfg_train.device)
+    precision = Precision(device, cfg_train.amp)
+    channels_last = cfg_train.channels_last == "on" or (
+        cfg_train.channels_last == "auto" and device.type == "cuda"
+    )
+    spec = preprocess_spec(config.preprocess)
+
+    # --- data: validated completely before the run directory exists ---
+    if resume is None:
+        source, splits, report = _prepare_data(config)
+        class_names = source.class_names
+        run = _make_run_dir(config, config_name)
+        run.write_config(config, git_sha())
+        run.labels.write_text(json.dumps(class_names, indent=1) + "\n", encoding="utf-8")
+        write_split_file(run.split, splits, class_names, source.root)
+        run.data_report.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        decoded_bytes = report["decoded_bytes"]
+        if report["skipped"]:
+            log.warning("skipped %d unreadable file(s); see %s", len(report["skipped"]), run.data_report)
+    else:
+        run = RunDir(Path(resume))
+        class_names = run.read_labels()
+        splits = read_split_file(run.split, class_names, Path(config.data.path))
+        run.write_config(config, git_sha())  # resume may extend train.epochs
+        decoded_bytes = json.loads(run.data_report.read_text(encoding="utf-8")).get("decoded_bytes", 0)
+    log.info(
+        "data: %d classes; train %d, val %d, test %d images; run dir %s",
+        len(class_names),
+        len(splits["train"]),
+        len(splits["val"]),
+        len(splits["test"]),
+        run.path,
+    )
+
+    cache = config.data.cache_images == "on" or (
+        config.data.cache_images == "auto" and decoded_bytes <= _CACHE_LIMIT_BYTES
+    )
+    eval_tf = eval_transform(spec)
+    datasets = {
+        "train": ImageDataset(splits["train"], spec.color_mode, train_transform(spec, config.augment), cache),
+        "val": ImageDataset(splits["val"], spec.color_mode, eval_tf, cache),
+        "test": ImageDataset(splits["test"], spec.color_mode, eval_tf, cache),
+    }
+    pin = device.type == "cuda"
+    shuffle_generator = torch.Generator()
+    train_loader = make_loader(
+        datasets["train"],
+        cfg_train.batch_size,
+        shuffle=True,
+        num_workers=config.data.num_workers,
+        pin_memory=pin,
+        generator=shuffle_generator,
+        drop_last=len(datasets["train"]) > cfg_train.batch_size,
+    )
+    val_loader, test_loader = (
+        make_loader(
+            datasets[s],
+            cfg_train.eval_batch_size,
+            shuffle=False,
+            num_workers=config.data.num_workers,
+            pin_memory=pin,
+        )
+        for s in ("val", "test")
+    )
+
+    # --- model and optimisation ---
+    built = create_model(
+        cfg_model.name,
+        len(class_names),
+        in_chans=spec.channels,
+        image_size=spec.crop_height,
+        drop_rate=cfg_model.drop_rate,
+        pretrained=cfg_model.pretrained,
+        weights=cfg_model.weights,
+    )
+    if built.weights_source:
+        log.info("model: %s, pretrained weights from %s", cfg_model.name, built.weights_source)
+    model = built.model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fine_tuning = (
+        cfg_model.pretrained or cfg_model.weights is not None or cfg_model.freeze_backbone_epochs > 0
+    )
+    optimizer = build_optimizer(
+        model, config.optim, built.head_prefix, cfg_model.backbone_lr_scale if fine_tuning else 1.0
+    )
+    scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(train_loader))
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+    mixer = batch_mixer(config.augment, len(class_names))
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg_train.ema_decay), use_buffers=True)
+        if cfg_train.ema_decay
+        else None
+    )
+
+    start_epoch, best_value, best_epoch, stale_epochs, history = 0, None, 0, 0, []
+    if resume is not None:
+        if not run.last_checkpoint.is_file():
+            raise ConfigError(
+                f"{run.last_checkpoint}: nothing to resume (no checkpoint yet); start a new run"
+            )
+        state = torch.load(run.last_checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        precision.scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
+        stale_epochs, history = state["stale_epochs"], state["history"]
+        _restore_rng(state["rng"])
+        log.info("resumed %s after epoch %d", run.path, start_epoch)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    metric_name = cfg_train.early_stopping_metric
+    with SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if start_epoch else None) as writer:
+        for epoch in range(start_epoch, cfg_train.epochs):
+            epoch_started = time.perf_counter()
+            frozen = epoch < cfg_model.freeze_backbone_epochs
+            set_backbone_trainable(model, built.head_prefix, not frozen)
+            shuffle_generator.manual_seed(cfg_train.seed * 1000 + epoch)  # order depends on the epoch alone
+            train_stats = train_one_epoch(
+                model,
+                train_loader,
+                optimizer,
+                scheduler,
+                criterion,
+                device,
+                precision,
+                mixer=mixer,
+                grad_clip_norm=config.optim.grad_clip_norm,
+                ema=ema,
+                channels_last=channels_last,
+                progress=f"epoch {epoch + 1}/{cfg_train.epochs}",
+            )
+            scored = ema.module if ema is not None else model
+            val_stats = evaluate(scored, val_loader, device, precision)
+            row = {
+                "epoch": epoch + 1,
+                "lr": max(g["lr"] for g in optimizer.param_groups),
+                "train_loss": train_stats["loss"],
+                "train_accuracy": train_stats["accuracy"],
+                "val_loss": val_stats["loss"],
+                "val_accuracy": val_stats["accuracy"],
+                "val_f1_macro": val_stats["f1_macro"],
+                "seconds": time.perf_counter() - epoch_started,
+            }
+            history.append(row)
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+            value = val_stats[metric_name]
+            improved = _improved(metric_name, value, best_value, cfg_train.early_stopping_min_delta)
+            if improved:
+                best_value, best_epoch, stale_epochs = value, epoch + 1, 0
+                torch.save(
+                    {"model": scored.state_dict(), "epoch": epoch + 1, metric_name: value},
+                    run.best_checkpoint,
+                )
+            else:
+                stale_epochs += 1
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": precision.scaler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "epoch": epoch + 1,
+                    "best_value": best_value,
+                    "best_epoch": best_epoch,
+                    "stale_epochs": stale_epochs,
+                    "history": history,
+                    "rng": _rng_state(),
+                },
+                run.last_checkpoint,
+            )
+            _write_metrics_csv(run.metrics_csv, history)
+            log.info(
+                "epoch %3d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | lr %.2e | %.1fs%s%s",
+                epoch + 1,
+                cfg_train.epochs,
+                row["train_loss"],
+                row["train_accuracy"],
+                row["val_loss"],
+                row["val_accuracy"],
+                row["val_f1_macro"],
+                row["lr"],
+                row["seconds"],
+                " (backbone frozen)" if frozen else "",
+                "  *best*" if improved else "",
+            )
+            patience = cfg_train.early_stopping_patience
+            if patience is not None and stale_epochs >= patience:
+                log.info(
+                    "early stop: val %s has not improved for %d epochs (best %.4f at epoch %d)",
+                    metric_name,
+                    patience,
+                    best_value,
+                    best_epoch,
+                )
+                break
+
+    # --- evaluation of the best checkpoint on the test split ---
+    best = torch.load(run.best_checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    logits, labels = predict(model, test_loader, device, precision)
+    test = classification_metrics(logits, labels, class_names)
+    seconds = time.perf_counter() - started
+    scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
+    run.metrics_json.write_text(
+        json.dumps(
+            {
+                "test": scalars,
+                "per_class": test["per_class"],
+                "confusion_matrix": test["confusion_matrix"],
+                "best_epoch": best_epoch,
+                "best_val": {metric_name: best_value},
+                "epochs_run": len(history),
+                "train_seconds": round(seconds, 2),
+                "device": str(device),
+                "precision": precision.name,
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    write_per_class_csv(run.per_class_csv, test)
+    plot_confusion_matrix(run.confusion_png, test["confusion_matrix"], class_names)
+    plot_curves(run.curves_png, history)
+    log.info(
+        "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %.1fs)",
+        test["accuracy"],
+        test["f1_macro"],
+        test["samples"],
+        best_epoch,
+        seconds,
+    )
+    return TrainResult(run.path, scalars, best_epoch, seconds)
