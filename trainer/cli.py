@@ -62,7 +62,12 @@ def train(
     ] = None,
     overrides: Annotated[
         list[str] | None,
-        typer.Option("--set", "-s", help="Override any config field: section.field=value (repeatable)."),
+        typer.Option(
+            "--set",
+            "-s",
+            metavar="SECTION.FIELD=VALUE",
+            help="Override any config field (repeatable), e.g. optim.lr=0.01.",
+        ),
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")] = None,
     run_name: Annotated[str | None, typer.Option(help="Run folder name under runs_dir (run_name).")] = None,
@@ -86,6 +91,8 @@ def train(
     """Train a classifier on a folder of labelled images, evaluate it on the test split, and export a bundle.
 
     Precedence: config defaults < --config YAML < --set overrides < the named options.
+
+    Example: imgcls train --config configs/digits.yaml --set augment.preset=strong --epochs 40
     """
     from trainer.export import export_bundle
     from trainer.rundir import RunDir

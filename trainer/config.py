@@ -45,6 +45,7 @@ class DataConfig(_Section):
     val_fraction: Fraction = 0.1  # used when the data has no val/ folder
     test_fraction: Fraction = 0.2  # used when the data has no test/ folder
     split_seed: int | None = None  # None: use train.seed
+    split_file: Path | None = None  # reuse another run's split.csv instead of splitting (exact reproduction)
     strict: bool = False  # stop before training when any image is unreadable, instead of skipping it
     num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes; 0 loads in the main process
     # keep decoded images in memory so epochs skip decoding; auto: when they fit in 1 GiB

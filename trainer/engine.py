@@ -11,10 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-__all__ = ["Precision", "evaluate", "predict", "train_one_epoch"]
+__all__ = ["MixedPrecision", "evaluate", "predict", "train_one_epoch"]
 
 
-class Precision:
+class MixedPrecision:
     """Autocast dtype and gradient scaler for one device (mixed precision only on CUDA)."""
 
     def __init__(self, device: torch.device, amp: str) -> None:
@@ -44,7 +44,7 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     criterion: nn.Module,
     device: torch.device,
-    precision: Precision,
+    precision: MixedPrecision,
     *,
     mixer: Callable | None = None,
     grad_clip_norm: float | None = None,
@@ -95,7 +95,7 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision | None = None
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: MixedPrecision | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits (float32, ``[N, classes]``) and labels for every item in ``loader``."""
     model.eval()
@@ -110,7 +110,7 @@ def predict(
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, precision: Precision | None = None
+    model: nn.Module, loader: DataLoader, device: torch.device, precision: MixedPrecision | None = None
 ) -> dict[str, float]:
     """Loss, accuracy and macro F1 on ``loader`` (used on the validation split every epoch)."""
     from sklearn.metrics import f1_score

@@ -37,7 +37,6 @@ from trainer.manifest import (
 )
 from trainer.models import create_model
 from trainer.rundir import RunDir, git_sha
-from trainer.splits import read_split_file
 from trainer.transforms import eval_transform, load_image, preprocess_spec
 
 __all__ = ["ARTIFACT_FILES", "ExportResult", "export_bundle", "load_eager_model", "next_version"]
@@ -87,7 +86,7 @@ def load_eager_model(run: RunDir, config: RunConfig, labels: list[str]) -> nn.Mo
 def _parity_batch(
     run: RunDir, config: RunConfig, labels: list[str], spec: PreprocessSpec, count: int
 ) -> torch.Tensor:
-    splits = read_split_file(run.split, labels, Path(config.data.path))
+    splits = run.read_splits(labels)
     samples = (splits["val"] + splits["test"])[:count]
     if not samples:
         raise ExportError(f"{run.split}: no validation images to check the exported model against")

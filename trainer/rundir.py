@@ -14,6 +14,7 @@ import yaml
 
 from trainer.config import RunConfig, load_config
 from trainer.errors import ConfigError
+from trainer.splits import Splits, read_split_file
 
 __all__ = ["RunDir", "git_sha"]
 
@@ -79,6 +80,18 @@ class RunDir:
         if not self.config.is_file():
             raise ConfigError(f"{self.path}: not a run directory (no config.yaml); pass a folder under runs/")
         return load_config(self.config, overrides)
+
+    def data_root(self) -> Path:
+        """The folder that the paths in ``split.csv`` are relative to."""
+        try:
+            return Path(json.loads(self.data_report.read_text(encoding="utf-8"))["data_root"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"{self.data_report}: cannot read the run's data report ({exc}); is the run complete?"
+            ) from None
+
+    def read_splits(self, class_names: list[str]) -> Splits:
+        return read_split_file(self.split, class_names, self.data_root())
 
     def read_labels(self) -> list[str]:
         try:

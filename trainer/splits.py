@@ -123,15 +123,19 @@ def write_split_file(path: Path, splits: Splits, class_names: list[str], root: P
 
 
 def read_split_file(path: Path, class_names: list[str], root: Path) -> Splits:
-    """Read a ``split.csv`` back (used by ``--resume`` and ``imgcls export``)."""
+    """Read a ``split.csv`` back (``--resume``, ``imgcls export``, and ``data.split_file``)."""
     index = {name: i for i, name in enumerate(class_names)}
     splits: Splits = {name: [] for name in SPLIT_NAMES}
     try:
         with Path(path).open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 splits[row["split"]].append(Sample(root / row["path"], index[row["label"]]))
-    except (OSError, KeyError, csv.Error) as exc:
+    except KeyError as exc:
         raise DataError(
-            f"{path}: cannot read the run's split file ({exc}); is the run directory complete?"
+            f"{path}: unknown split or class {exc} (classes here: {class_names}); is it a split.csv from a run on this data?"
+        ) from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(
+            f"{path}: cannot read the split file ({exc}); pass a split.csv written by a run"
         ) from None
     return splits

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from trainer.checkpoint import Progress, load_training_state, save_best, save_training_state
 from trainer.config import RunConfig
 from trainer.data import DataSource, discover, scan_images
 from trainer.datasets import ImageDataset, make_loader
-from trainer.engine import Precision, evaluate, predict, train_one_epoch
+from trainer.engine import MixedPrecision, evaluate, predict, train_one_epoch
 from trainer.errors import ConfigError, DataError
 from trainer.models import create_model
 from trainer.optim import build_optimizer, build_scheduler, set_backbone_trainable
@@ -76,21 +77,6 @@ def _device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
     """Find, scan and split the data; raises before anything is written to disk."""
     data = config.data
@@ -105,19 +91,38 @@ def _prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
             "Fix or remove them, or drop --strict to skip them"
         )
     seed = data.split_seed if data.split_seed is not None else config.train.seed
-    splits = resolve_splits(source, set(good), data.val_fraction, data.test_fraction, seed)
+    if data.split_file is not None:
+        splits = _reuse_split(data.split_file, source, set(good))
+    else:
+        splits = resolve_splits(source, set(good), data.val_fraction, data.test_fraction, seed)
     decoded_bytes = sum(w * h * c for w, h, c in good.values())
     report = {
         "data_path": str(data.path),
+        "data_root": str(source.root),
         "scanned": len(candidates),
         "usable": len(good),
         "skipped": [{"path": str(b.path), "reason": b.reason} for b in bad],
         "decoded_bytes": decoded_bytes,
         "split_seed": seed,
-        "split_source": "folders" if source.given_splits else "stratified",
+        "split_source": (
+            str(data.split_file) if data.split_file else "folders" if source.given_splits else "stratified"
+        ),
         "class_counts": split_counts(splits, source.class_names),
     }
     return source, splits, report
+
+
+def _reuse_split(split_file: Path, source: DataSource, usable: set[Path]) -> Splits:
+    """The split another run used (its split.csv), checked against the data found now."""
+    splits = read_split_file(split_file, source.class_names, source.root)
+    listed = {s.path for part in splits.values() for s in part}
+    missing = sorted(listed - usable)
+    if missing:
+        raise DataError(
+            f"{split_file}: {len(missing)} listed image(s) are missing or unreadable under {source.root} "
+            f"(first: {missing[0]}); point data.path at the data that run used"
+        )
+    return splits
 
 
 def _make_run_dir(config: RunConfig, config_name: str) -> RunDir:
@@ -146,6 +151,35 @@ def _improved(metric: str, value: float, best: float | None, min_delta: float) -
     return value < best - min_delta if metric == "loss" else value > best + min_delta
 
 
+def _write_test_report(
+    run: RunDir,
+    test: dict,
+    class_names: list[str],
+    progress: Progress,
+    metric_name: str,
+    seconds: float,
+    device: torch.device,
+    precision: MixedPrecision,
+) -> dict[str, float]:
+    scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
+    summary = {
+        "test": scalars,
+        "per_class": test["per_class"],
+        "confusion_matrix": test["confusion_matrix"],
+        "best_epoch": progress.best_epoch,
+        "best_val": {metric_name: progress.best_value},
+        "epochs_run": len(progress.history),
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+        "precision": precision.name,
+    }
+    run.metrics_json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_per_class_csv(run.per_class_csv, test)
+    plot_confusion_matrix(run.confusion_png, test["confusion_matrix"], class_names)
+    plot_curves(run.curves_png, progress.history)
+    return scalars
+
+
 def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = None) -> TrainResult:
     """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint."""
     started = time.perf_counter()
@@ -154,7 +188,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
         torch.set_num_threads(cfg_train.threads)
     _seed_everything(cfg_train.seed, cfg_train.deterministic)
     device = _device(cfg_train.device)
-    precision = Precision(device, cfg_train.amp)
+    precision = MixedPrecision(device, cfg_train.amp)
     channels_last = cfg_train.channels_last == "on" or (
         cfg_train.channels_last == "auto" and device.type == "cuda"
     )
@@ -175,7 +209,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
     else:
         run = RunDir(Path(resume))
         class_names = run.read_labels()
-        splits = read_split_file(run.split, class_names, Path(config.data.path))
+        splits = run.read_splits(class_names)
         run.write_config(config, git_sha())  # resume may extend train.epochs
         decoded_bytes = json.loads(run.data_report.read_text(encoding="utf-8")).get("decoded_bytes", 0)
     log.info(
@@ -248,29 +282,19 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
         else None
     )
 
-    start_epoch, best_value, best_epoch, stale_epochs, history = 0, None, 0, 0, []
+    progress = Progress()
     if resume is not None:
-        if not run.last_checkpoint.is_file():
-            raise ConfigError(
-                f"{run.last_checkpoint}: nothing to resume (no checkpoint yet); start a new run"
-            )
-        state = torch.load(run.last_checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        precision.scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        start_epoch, best_value, best_epoch = state["epoch"], state["best_value"], state["best_epoch"]
-        stale_epochs, history = state["stale_epochs"], state["history"]
-        _restore_rng(state["rng"])
-        log.info("resumed %s after epoch %d", run.path, start_epoch)
+        progress = load_training_state(
+            run.last_checkpoint, device, model, optimizer, scheduler, precision, ema
+        )
+        log.info("resumed %s after epoch %d", run.path, progress.epoch)
 
     from torch.utils.tensorboard import SummaryWriter
 
     metric_name = cfg_train.early_stopping_metric
-    with SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if start_epoch else None) as writer:
-        for epoch in range(start_epoch, cfg_train.epochs):
+    purge_step = progress.epoch + 1 if progress.epoch else None
+    with SummaryWriter(str(run.tensorboard), purge_step=purge_step) as writer:
+        for epoch in range(progress.epoch, cfg_train.epochs):
             epoch_started = time.perf_counter()
             frozen = epoch < cfg_model.freeze_backbone_epochs
             set_backbone_trainable(model, built.head_prefix, not frozen)
@@ -289,7 +313,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
                 channels_last=channels_last,
                 progress=f"epoch {epoch + 1}/{cfg_train.epochs}",
             )
-            scored = ema.module if ema is not None else model
+            scored = ema.module if ema is not None else model  # with EMA, the average is what we keep
             val_stats = evaluate(scored, val_loader, device, precision)
             row = {
                 "epoch": epoch + 1,
@@ -301,37 +325,20 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
                 "val_f1_macro": val_stats["f1_macro"],
                 "seconds": time.perf_counter() - epoch_started,
             }
-            history.append(row)
+            progress.epoch = epoch + 1
+            progress.history.append(row)
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
             value = val_stats[metric_name]
-            improved = _improved(metric_name, value, best_value, cfg_train.early_stopping_min_delta)
+            improved = _improved(metric_name, value, progress.best_value, cfg_train.early_stopping_min_delta)
             if improved:
-                best_value, best_epoch, stale_epochs = value, epoch + 1, 0
-                torch.save(
-                    {"model": scored.state_dict(), "epoch": epoch + 1, metric_name: value},
-                    run.best_checkpoint,
-                )
+                progress.best_value, progress.best_epoch, progress.stale_epochs = value, epoch + 1, 0
+                save_best(run.best_checkpoint, scored, epoch + 1)
             else:
-                stale_epochs += 1
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": precision.scaler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "epoch": epoch + 1,
-                    "best_value": best_value,
-                    "best_epoch": best_epoch,
-                    "stale_epochs": stale_epochs,
-                    "history": history,
-                    "rng": _rng_state(),
-                },
-                run.last_checkpoint,
-            )
-            _write_metrics_csv(run.metrics_csv, history)
+                progress.stale_epochs += 1
+            save_training_state(run.last_checkpoint, model, optimizer, scheduler, precision, ema, progress)
+            _write_metrics_csv(run.metrics_csv, progress.history)
             log.info(
                 "epoch %3d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | lr %.2e | %.1fs%s%s",
                 epoch + 1,
@@ -347,13 +354,13 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
                 "  *best*" if improved else "",
             )
             patience = cfg_train.early_stopping_patience
-            if patience is not None and stale_epochs >= patience:
+            if patience is not None and progress.stale_epochs >= patience:
                 log.info(
                     "early stop: val %s has not improved for %d epochs (best %.4f at epoch %d)",
                     metric_name,
                     patience,
-                    best_value,
-                    best_epoch,
+                    progress.best_value,
+                    progress.best_epoch,
                 )
                 break
 
@@ -363,34 +370,13 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
     logits, labels = predict(model, test_loader, device, precision)
     test = classification_metrics(logits, labels, class_names)
     seconds = time.perf_counter() - started
-    scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
-    run.metrics_json.write_text(
-        json.dumps(
-            {
-                "test": scalars,
-                "per_class": test["per_class"],
-                "confusion_matrix": test["confusion_matrix"],
-                "best_epoch": best_epoch,
-                "best_val": {metric_name: best_value},
-                "epochs_run": len(history),
-                "train_seconds": round(seconds, 2),
-                "device": str(device),
-                "precision": precision.name,
-            },
-            indent=1,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    write_per_class_csv(run.per_class_csv, test)
-    plot_confusion_matrix(run.confusion_png, test["confusion_matrix"], class_names)
-    plot_curves(run.curves_png, history)
+    scalars = _write_test_report(run, test, class_names, progress, metric_name, seconds, device, precision)
     log.info(
         "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %.1fs)",
         test["accuracy"],
         test["f1_macro"],
         test["samples"],
-        best_epoch,
+        progress.best_epoch,
         seconds,
     )
-    return TrainResult(run.path, scalars, best_epoch, seconds)
+    return TrainResult(run.path, scalars, progress.best_epoch, seconds)

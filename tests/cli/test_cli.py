@@ -158,7 +158,7 @@ def test_train_then_export_end_to_end(tmp_path: Path, capsys, make_imagefolder):
     )
     assert code == 0, err
     assert "test accuracy: " in out
-    assert f"bundle: {tmp_path / 'models' / 'data' / '1'}" in out or "bundle: " in out
+    assert f"bundle: {tmp_path / 'models' / 'tiny' / '1'} (model.torchscript.pt, model.onnx)" in out
     run_dir = tmp_path / "runs" / "e2e"
     code, out, err = _run(
         capsys,

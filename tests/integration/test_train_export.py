@@ -149,7 +149,9 @@ def test_resume_continues_a_run_exactly(make_imagefolder, tiny_config):
         torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0, msg=key)
     for key, value in a["ema"].items():
         torch.testing.assert_close(value, b["ema"][key], rtol=0, atol=0, msg=key)
-    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    assert [r["train_loss"] for r in a["progress"]["history"]] == [
+        r["train_loss"] for r in b["progress"]["history"]
+    ]
     assert len((first.run_dir / "metrics.csv").read_text().splitlines()) == 3
 
 
@@ -199,3 +201,67 @@ def test_training_runs_on_cuda_with_mixed_precision(make_imagefolder, tiny_confi
     data = make_imagefolder(classes=2, per_class=10)
     result = train(tiny_config(data, "train.device=cuda", "train.amp=bf16", "train.epochs=1"))
     assert json.loads((result.run_dir / "metrics.json").read_text())["precision"] == "bf16"
+
+
+def test_a_split_file_from_another_run_reproduces_its_split(make_imagefolder, tiny_config):
+    data = make_imagefolder(classes=2, per_class=10)
+    first = train(tiny_config(data, "run_name=first", "train.epochs=1", "export.enabled=false"))
+    again = train(
+        tiny_config(
+            data,
+            "run_name=again",
+            "train.epochs=1",
+            "train.seed=99",
+            f"data.split_file={first.run_dir / 'split.csv'}",
+        )
+    )
+    assert (again.run_dir / "split.csv").read_text() == (first.run_dir / "split.csv").read_text()
+
+
+def test_a_split_file_listing_missing_images_is_refused(make_imagefolder, tiny_config):
+    from tests.conftest import make_image
+
+    data = make_imagefolder(classes=2, per_class=10)
+    make_image(data / "class_0" / "extra.png", 0, 99)
+    first = train(tiny_config(data, "run_name=first", "train.epochs=1"))
+    (data / "class_0" / "extra.png").unlink()
+    with pytest.raises(DataError, match=r"split.csv: 1 listed image\(s\) are missing or unreadable"):
+        train(tiny_config(data, "run_name=second", f"data.split_file={first.run_dir / 'split.csv'}"))
+
+
+def test_the_transfer_learning_config_fine_tunes_a_torchvision_model_from_a_local_file(
+    make_imagefolder, tmp_path, monkeypatch
+):
+    """configs/transfer_resnet18.yaml as shipped, shrunk to tiny images, with weights the test writes."""
+    import torchvision
+
+    from trainer.config import load_config
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: only --weights can satisfy it
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    data = make_imagefolder(classes=2, per_class=10, size=40)
+    config = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "transfer_resnet18.yaml",
+        [
+            f"data.path={data}",
+            "data.num_workers=0",
+            "data.val_fraction=0.2",
+            "data.test_fraction=0.2",
+            f"model.weights={weights}",
+            "model.freeze_backbone_epochs=1",
+            "preprocess.image_size=32",
+            "train.epochs=2",
+            "train.batch_size=8",
+            f"runs_dir={tmp_path / 'runs'}",
+            "run_name=tl",
+            f"export.out_dir={tmp_path / 'models'}",
+            "export.parity_samples=4",
+        ],
+    )
+    result = train(config, config_name="transfer")
+    exported = export_bundle(result.run_dir)
+    manifest = load_manifest(exported.bundle_dir)
+    assert manifest.architecture == "resnet18"
+    assert manifest.preprocess.resize == 37 and manifest.preprocess.crop_height == 32
+    assert all(a.parity.passed for a in manifest.artifacts)

@@ -1,0 +1,100 @@
+"""Checkpoints: the best weights, and the full training state that ``--resume`` continues from.
+
+The last checkpoint holds the model, optimizer, schedule, gradient scaler, EMA, the progress
+of early stopping, and every RNG state, so a resumed run continues bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from trainer.engine import MixedPrecision
+from trainer.errors import ConfigError
+
+__all__ = ["Progress", "load_training_state", "save_best", "save_training_state"]
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """Where a run stands after ``epoch`` epochs: what early stopping and --resume need."""
+
+    epoch: int = 0
+    best_value: float | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def save_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: MixedPrecision,
+    ema: AveragedModel | None,
+    progress: Progress,
+) -> None:
+    """Everything --resume needs to continue bit-for-bit, RNG states included."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": precision.scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "progress": asdict(progress),
+        "rng": _rng_state(),
+    }
+    staging = path.with_suffix(".tmp")
+    torch.save(state, staging)
+    staging.replace(path)  # a crash mid-save keeps the previous checkpoint intact
+
+
+def load_training_state(
+    path: Path,
+    device: torch.device,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: MixedPrecision,
+    ema: AveragedModel | None,
+) -> Progress:
+    if not path.is_file():
+        raise ConfigError(f"{path}: nothing to resume (no checkpoint yet); start a new run")
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    precision.scaler.load_state_dict(state["scaler"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    _restore_rng(state["rng"])
+    return Progress(**state["progress"])
+
+
+def save_best(path: Path, model: nn.Module, epoch: int) -> None:
+    """The weights that scored best on validation (the EMA weights when EMA is on): what export reads."""
+    staging = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "epoch": epoch}, staging)
+    staging.replace(path)
