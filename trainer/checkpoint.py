@@ -82,7 +82,7 @@ def load_training_state(
 ) -> Progress:
     if not path.is_file():
         raise ConfigError(f"{path}: nothing to resume (no checkpoint yet); start a new run")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

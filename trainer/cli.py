@@ -109,17 +109,17 @@ def train(
         "data.strict": True if strict else None,
         "export.enabled": export,
     }
-    all_overrides = list(overrides or []) + [f"{k}={v}" for k, v in named.items() if v is not None]
+    values = {k: v for k, v in named.items() if v is not None}
     if resume is not None:
         if config is not None:
             raise click.UsageError(
                 "--resume uses the run's own config.yaml; drop --config (--set still applies)"
             )
-        resolved = RunDir(resume).read_config(all_overrides)
+        resolved = RunDir(resume).resume_config(overrides, values)
     else:
         from trainer.config import load_config
 
-        resolved = load_config(config, all_overrides)
+        resolved = load_config(config, overrides, values)
     config_name = config.stem if config is not None else "run"
     result = run_training(resolved, config_name=config_name, resume=resume)
     accuracy = result.test_metrics["accuracy"]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from trainer.errors import ConfigError
 
 __all__ = [
+    "RESUMABLE_FIELDS",
     "AugmentConfig",
     "DataConfig",
     "EvalTransformConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_resume_overrides",
     "config_digest",
     "load_config",
 ]
@@ -72,6 +74,23 @@ class EvalTransformConfig(_Section):
     color_mode: Literal["RGB", "L"] = "RGB"
     mean: tuple[float, ...] | None = None  # None: ImageNet mean (RGB) or 0.5 (L)
     std: tuple[float, ...] | None = None  # None: ImageNet std (RGB) or 0.5 (L)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalTransformConfig:
+        if self.resize is not None and self.resize < self.image_size:
+            raise ValueError(
+                f"resize ({self.resize}) must be at least image_size ({self.image_size}); set both"
+            )
+        channels = 3 if self.color_mode == "RGB" else 1
+        for field_name in ("mean", "std"):
+            values = getattr(self, field_name)
+            if values is not None and len(values) != channels:
+                raise ValueError(
+                    f"{field_name} needs {channels} value(s) for color_mode {self.color_mode}, got {list(values)}"
+                )
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive, got {list(self.std)}")
+        return self
 
 
 class AugmentConfig(_Section):
@@ -185,8 +204,14 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid config: " + "; ".join(problems)
 
 
-def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Build the run config from the defaults, an optional YAML file and CLI overrides."""
+def load_config(
+    path: Path | None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> RunConfig:
+    """Build the run config: defaults < YAML file < ``overrides`` (``key=value``, YAML-typed) < ``values``.
+
+    ``values`` maps dotted keys to values taken as they are (the CLI's named options: a run name
+    like ``2024-01-01`` stays a string).
+    """
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -207,10 +232,35 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
     if overrides:
         tree = apply_overrides(tree, overrides)
         source += " + overrides"
+    for key, value in (values or {}).items():
+        _set_dotted(tree, key, str(value) if isinstance(value, Path) else value)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+# What may change when a run is resumed: how long and where it runs, not what it trains.
+RESUMABLE_FIELDS = (
+    "train.epochs",
+    "train.early_stopping_patience",
+    "train.early_stopping_min_delta",
+    "train.device",
+    "train.threads",
+    "data.num_workers",
+    "export.",
+)
+
+
+def check_resume_overrides(keys: list[str]) -> None:
+    refused = [
+        k for k in keys if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)
+    ]
+    if refused:
+        raise ConfigError(
+            f"cannot change {', '.join(refused)} when resuming: the checkpoint was trained with the run's own "
+            f"config.yaml. Resumable fields: {', '.join(RESUMABLE_FIELDS)}; start a new run to change the rest"
+        )
 
 
 def config_digest(config: RunConfig) -> str:

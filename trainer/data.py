@@ -166,7 +166,8 @@ def discover(path: Path, fmt: str = "auto") -> DataSource:
             f"{path}: not a directory; pass an ImageFolder directory, or a .csv file with data.format=csv"
         )
     present = {name: path / name for name in SPLIT_NAMES if (path / name).is_dir()}
-    if "train" in present and len(present) > 1:
+    subfolders = {p.name for p in _class_folders(path)}
+    if "train" in present and subfolders <= set(SPLIT_NAMES):  # only split folders: train/[val/][test/]
         names, train = _read_imagefolder(present["train"])
         _check_classes(present["train"], names)
         splits = {"train": train}

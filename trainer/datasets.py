@@ -61,5 +61,7 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         generator=generator,
-        persistent_workers=num_workers > 0,
+        # Fresh workers each epoch take their seeds from the (per-epoch reseeded) generator, which keeps
+        # augmentation repeatable and --resume exact; persistent workers would carry RNG state across epochs.
+        persistent_workers=False,
     )

@@ -24,9 +24,10 @@ from torch import nn
 
 import trainer
 from trainer.config import RunConfig, config_digest
-from trainer.errors import ExportError
+from trainer.errors import ConfigError, ExportError
 from trainer.manifest import (
     MANIFEST_FILENAME,
+    MODEL_NAME_PATTERN,
     Artifact,
     InputSpec,
     Manifest,
@@ -188,6 +189,11 @@ def export_bundle(
     export_cfg = config.export
     out_dir = Path(out_dir) if out_dir is not None else export_cfg.out_dir
     name = name or default_bundle_name(config)
+    if not MODEL_NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"bundle name {name!r} must be 1-64 characters of lowercase letters, digits, '_', '.', '-', "
+            "starting with a letter or digit; choose another --out or export.name"
+        )
     formats = tuple(formats or export_cfg.formats)
     unknown = [f for f in formats if f not in _EXPORTERS]
     if unknown:
@@ -211,7 +217,8 @@ def export_bundle(
     batch = _parity_batch(run, config, labels, spec, export_cfg.parity_samples)
     with torch.inference_mode():
         reference = model(batch).float().numpy()
-    example = batch[: min(2, len(batch))].clone()
+    # torch.export specialises a dimension of size 1, so the example batch must hold at least 2 images.
+    example = batch[:2].clone() if len(batch) >= 2 else batch.repeat(2, 1, 1, 1)
 
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(

@@ -24,6 +24,7 @@ from trainer.errors import BundleError
 
 __all__ = [
     "MANIFEST_FILENAME",
+    "MODEL_NAME_PATTERN",
     "SCHEMA_VERSION",
     "Artifact",
     "InputSpec",
@@ -44,7 +45,7 @@ ColorMode = Literal["RGB", "L"]
 ArtifactFormat = Literal["torchscript", "onnx", "torchscript_tensorrt"]
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
-_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
 class _Strict(BaseModel):
@@ -160,7 +161,7 @@ class Manifest(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _NAME_PATTERN.match(value):
+        if not MODEL_NAME_PATTERN.match(value):
             raise ValueError(
                 f"model name {value!r} must be 1-64 characters of lowercase letters, digits, '_', '.', '-', "
                 "starting with a letter or digit"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from trainer.errors import ModelError, WeightsNotFoundError
+from trainer.optim import is_head
 
 __all__ = ["MODEL_NAMES", "BuiltModel", "SimpleCNN", "create_model", "describe_models"]
 
@@ -72,7 +73,7 @@ MODEL_NAMES = ("simple_cnn", *_TORCHVISION)
 @dataclass
 class BuiltModel:
     model: nn.Module
-    head_prefix: str  # parameters under this name belong to the new classifier head
+    head_prefixes: tuple[str, ...]  # parameters under these names belong to the new classifier head(s)
     weights_source: str | None  # where pretrained weights came from, for the run log
 
 
@@ -160,7 +161,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_backbone_weights(
-    model: nn.Module, state: dict[str, torch.Tensor], head_prefix: str, source: str
+    model: nn.Module, state: dict[str, torch.Tensor], head_prefixes: tuple[str, ...], source: str
 ) -> None:
     """Load every matching tensor except the head (whose class count differs); fail if the backbone does not match."""
     own = model.state_dict()
@@ -169,7 +170,7 @@ def _load_backbone_weights(
     compatible: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
     for key, value in state.items():
-        if key.startswith(head_prefix + ".") or key not in own:
+        if is_head(key, head_prefixes) or key not in own:
             continue
         target = own[key]
         stem_channels_differ = (
@@ -181,7 +182,12 @@ def _load_backbone_weights(
             mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
             continue
         compatible[key] = value
-    missing = [k for k in own if not k.startswith(head_prefix + ".") and k not in compatible]
+    # BatchNorm's step counter is absent from many published checkpoints and unused in training.
+    missing = [
+        k
+        for k in own
+        if not is_head(k, head_prefixes) and k not in compatible and not k.endswith("num_batches_tracked")
+    ]
     if mismatched or missing:
         detail = (mismatched + [f"{k} missing" for k in missing])[:3]
         raise ModelError(
@@ -220,6 +226,12 @@ def _timm_cache_file(name: str) -> Path | None:
     return None
 
 
+def _hf_cache_dir() -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return str(HF_HUB_CACHE)
+
+
 def _build_torchvision(name: str, num_classes: int, image_size: int, drop_rate: float) -> nn.Module:
     import torchvision.models as tvm
 
@@ -251,7 +263,7 @@ def create_model(
                 f"simple_cnn needs images of at least 16 px, got preprocess.image_size={image_size}"
             )
         model: nn.Module = SimpleCNN(num_classes, in_chans=in_chans, drop_rate=drop_rate)
-        head = "head"
+        head = ("head",)
         if pretrained and weights is None:
             raise WeightsNotFoundError(
                 "simple_cnn has no published weights; pass model.weights=PATH or pretrained=false"
@@ -282,12 +294,12 @@ def create_model(
             from torchvision.models.vision_transformer import interpolate_embeddings
 
             state = interpolate_embeddings(image_size, 16, state)
-        _load_backbone_weights(model, state, spec.head, str(path))
+        _load_backbone_weights(model, state, (spec.head,), str(path))
         source = str(path)
     _replace_head(model, spec.head, num_classes)
     if in_chans != 3:
         _adapt_first_conv(model, in_chans)
-    return BuiltModel(model, spec.head, source)
+    return BuiltModel(model, (spec.head,), source)
 
 
 def _create_timm(
@@ -302,15 +314,15 @@ def _create_timm(
     model = timm.create_model(
         name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
     )
-    head = model.pretrained_cfg.get("classifier") or "head"
-    if isinstance(head, (list, tuple)):
-        head = head[0]
+    classifier = model.pretrained_cfg.get("classifier") or "head"
+    head = tuple(classifier) if isinstance(classifier, list | tuple) else (classifier,)
     source = None
     if pretrained or weights is not None:
         path = weights if weights is not None else _timm_cache_file(name)
         if path is None or not Path(path).is_file():
             raise WeightsNotFoundError(
-                f"pretrained weights for timm:{name} are not in the local timm/Hugging Face cache and nothing is "
+                f"pretrained weights for timm:{name} are not in the local caches (Hugging Face: "
+                f"{_hf_cache_dir()}, torch: {Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is "
                 "downloaded; pass model.weights=PATH to a local file, or set model.pretrained=false"
             )
         _load_backbone_weights(model, read_state_dict(Path(path)), head, str(path))

@@ -10,11 +10,12 @@ from torch import nn
 
 from trainer.config import OptimConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "set_backbone_trainable"]
+__all__ = ["build_optimizer", "build_scheduler", "is_head", "lr_factor", "set_backbone_trainable"]
 
 
-def _is_head(name: str, head_prefix: str) -> bool:
-    return name == head_prefix or name.startswith(head_prefix + ".")
+def is_head(name: str, head_prefixes: tuple[str, ...]) -> bool:
+    """Whether parameter ``name`` belongs to the classifier head (some timm models have two heads)."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in head_prefixes)
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -23,12 +24,12 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def build_optimizer(
-    model: nn.Module, config: OptimConfig, head_prefix: str, backbone_lr_scale: float
+    model: nn.Module, config: OptimConfig, head_prefixes: tuple[str, ...], backbone_lr_scale: float
 ) -> torch.optim.Optimizer:
     """Four groups: (backbone, head) × (decay, no decay); the backbone's lr is scaled by ``backbone_lr_scale``."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        groups.setdefault((_is_head(name, head_prefix), _no_decay(name, param)), []).append(param)
+        groups.setdefault((is_head(name, head_prefixes), _no_decay(name, param)), []).append(param)
     param_groups = [
         {
             "params": params,
@@ -72,8 +73,8 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def set_backbone_trainable(model: nn.Module, head_prefix: str, trainable: bool) -> None:
+def set_backbone_trainable(model: nn.Module, head_prefixes: tuple[str, ...], trainable: bool) -> None:
     """Freeze or unfreeze every parameter outside the head (transfer learning's first phase)."""
     for name, param in model.named_parameters():
-        if not _is_head(name, head_prefix):
+        if not is_head(name, head_prefixes):
             param.requires_grad_(trainable)

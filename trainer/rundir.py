@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.config import RunConfig, load_config
+from trainer.config import RunConfig, check_resume_overrides, load_config
 from trainer.errors import ConfigError
 from trainer.splits import Splits, read_split_file
 
@@ -76,10 +76,16 @@ class RunDir:
         body = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         self.config.write_text(header + body, encoding="utf-8")
 
-    def read_config(self, overrides: list[str] | None = None) -> RunConfig:
+    def read_config(self, overrides: list[str] | None = None, values: dict | None = None) -> RunConfig:
         if not self.config.is_file():
             raise ConfigError(f"{self.path}: not a run directory (no config.yaml); pass a folder under runs/")
-        return load_config(self.config, overrides)
+        return load_config(self.config, overrides, values)
+
+    def resume_config(self, overrides: list[str] | None = None, values: dict | None = None) -> RunConfig:
+        """The run's config with the changes a resume allows (``config.RESUMABLE_FIELDS``), others refused."""
+        keys = [item.partition("=")[0].strip() for item in overrides or []] + list(values or {})
+        check_resume_overrides(keys)
+        return self.read_config(overrides, values)
 
     def data_root(self) -> Path:
         """The folder that the paths in ``split.csv`` are relative to."""

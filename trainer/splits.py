@@ -113,13 +113,14 @@ def split_counts(splits: Splits, class_names: list[str]) -> dict[str, dict[str, 
 
 
 def write_split_file(path: Path, splits: Splits, class_names: list[str], root: Path) -> None:
-    """``split.csv``: one row per image (path relative to the data root, label, split)."""
+    """``split.csv``: one row per image (path relative to the data root where it lies inside it, label, split)."""
     with Path(path).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "split"])
         for name in SPLIT_NAMES:
             for sample in splits[name]:
-                writer.writerow([sample.path.relative_to(root).as_posix(), class_names[sample.label], name])
+                path = sample.path.relative_to(root) if sample.path.is_relative_to(root) else sample.path
+                writer.writerow([path.as_posix(), class_names[sample.label], name])
 
 
 def read_split_file(path: Path, class_names: list[str], root: Path) -> Splits:

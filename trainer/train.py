@@ -194,24 +194,33 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
     )
     spec = preprocess_spec(config.preprocess)
 
-    # --- data: validated completely before the run directory exists ---
+    # --- data and model: validated completely before the run directory exists ---
     if resume is None:
         source, splits, report = _prepare_data(config)
         class_names = source.class_names
+        decoded_bytes = report["decoded_bytes"]
+    else:
+        run = RunDir(Path(resume))
+        class_names = run.read_labels()
+        splits = run.read_splits(class_names)
+        decoded_bytes = json.loads(run.data_report.read_text(encoding="utf-8")).get("decoded_bytes", 0)
+    built = create_model(
+        cfg_model.name,
+        len(class_names),
+        in_chans=spec.channels,
+        image_size=spec.crop_height,
+        drop_rate=cfg_model.drop_rate,
+        pretrained=cfg_model.pretrained,
+        weights=cfg_model.weights,
+    )
+    if resume is None:
         run = _make_run_dir(config, config_name)
         run.write_config(config, git_sha())
         run.labels.write_text(json.dumps(class_names, indent=1) + "\n", encoding="utf-8")
         write_split_file(run.split, splits, class_names, source.root)
         run.data_report.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        decoded_bytes = report["decoded_bytes"]
         if report["skipped"]:
             log.warning("skipped %d unreadable file(s); see %s", len(report["skipped"]), run.data_report)
-    else:
-        run = RunDir(Path(resume))
-        class_names = run.read_labels()
-        splits = run.read_splits(class_names)
-        run.write_config(config, git_sha())  # resume may extend train.epochs
-        decoded_bytes = json.loads(run.data_report.read_text(encoding="utf-8")).get("decoded_bytes", 0)
     log.info(
         "data: %d classes; train %d, val %d, test %d images; run dir %s",
         len(class_names),
@@ -253,15 +262,6 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
     )
 
     # --- model and optimisation ---
-    built = create_model(
-        cfg_model.name,
-        len(class_names),
-        in_chans=spec.channels,
-        image_size=spec.crop_height,
-        drop_rate=cfg_model.drop_rate,
-        pretrained=cfg_model.pretrained,
-        weights=cfg_model.weights,
-    )
     if built.weights_source:
         log.info("model: %s, pretrained weights from %s", cfg_model.name, built.weights_source)
     model = built.model.to(device)
@@ -271,7 +271,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
         cfg_model.pretrained or cfg_model.weights is not None or cfg_model.freeze_backbone_epochs > 0
     )
     optimizer = build_optimizer(
-        model, config.optim, built.head_prefix, cfg_model.backbone_lr_scale if fine_tuning else 1.0
+        model, config.optim, built.head_prefixes, cfg_model.backbone_lr_scale if fine_tuning else 1.0
     )
     scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(train_loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
@@ -288,6 +288,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
             run.last_checkpoint, device, model, optimizer, scheduler, precision, ema
         )
         log.info("resumed %s after epoch %d", run.path, progress.epoch)
+        run.write_config(config, git_sha())  # only once the checkpoint loaded: resume may extend train.epochs
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -297,7 +298,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
         for epoch in range(progress.epoch, cfg_train.epochs):
             epoch_started = time.perf_counter()
             frozen = epoch < cfg_model.freeze_backbone_epochs
-            set_backbone_trainable(model, built.head_prefix, not frozen)
+            set_backbone_trainable(model, built.head_prefixes, not frozen)
             shuffle_generator.manual_seed(cfg_train.seed * 1000 + epoch)  # order depends on the epoch alone
             train_stats = train_one_epoch(
                 model,

@@ -121,6 +121,7 @@ def test_unknown_model_exits_2_and_lists_valid_names(tmp_path: Path, capsys, mak
     code, _, err = _train(capsys, tmp_path, data, "--model", "resnet19")
     assert code == 2
     assert "valid names: simple_cnn" in _error_line(err)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_existing_run_name_points_at_resume(tmp_path: Path, capsys, make_imagefolder):
@@ -173,3 +174,28 @@ def test_train_then_export_end_to_end(tmp_path: Path, capsys, make_imagefolder):
     assert code == 0, err
     assert "model.onnx: parity on" in out
     assert (tmp_path / "models" / "named" / "3" / "manifest.json").is_file()
+
+
+def test_export_to_an_invalid_bundle_name_exits_2_before_exporting(tmp_path: Path, capsys, make_imagefolder):
+    data = make_imagefolder(classes=2, per_class=10)
+    code, _, err = _train(capsys, tmp_path, data, "--epochs", "1", "--run-name", "r", "--no-export")
+    assert code == 0, err
+    code, _, err = _run(
+        capsys,
+        "export",
+        "--run",
+        str(tmp_path / "runs" / "r"),
+        "--out",
+        str(tmp_path / "m" / "My Model" / "1"),
+    )
+    assert code == 2
+    assert "bundle name 'My Model' must be" in _error_line(err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_resume_with_a_changed_architecture_exits_2(tmp_path: Path, capsys, make_imagefolder):
+    data = make_imagefolder(classes=2, per_class=10)
+    assert _train(capsys, tmp_path, data, "--epochs", "1", "--run-name", "r", "--no-export")[0] == 0
+    code, _, err = _run(capsys, "train", "--resume", str(tmp_path / "runs" / "r"), "--model", "resnet18")
+    assert code == 2
+    assert "cannot change model.name when resuming" in _error_line(err)

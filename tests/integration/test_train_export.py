@@ -136,23 +136,60 @@ def test_artifact_that_disagrees_fails_the_export_and_leaves_nothing(trained, mo
     assert list((out / "m").iterdir()) == []  # no bundle, no staging folder
 
 
-def test_resume_continues_a_run_exactly(make_imagefolder, tiny_config):
-    data = make_imagefolder(classes=2, per_class=10)
-    straight = train(tiny_config(data, "run_name=straight", "train.epochs=2", "train.ema_decay=0.9"))
-    interrupted_cfg = tiny_config(data, "run_name=resumed", "train.epochs=1", "train.ema_decay=0.9")
-    first = train(interrupted_cfg)
-    resumed_cfg = RunDir(first.run_dir).read_config(["train.epochs=2"])
-    train(resumed_cfg, resume=first.run_dir)
+class _CrashError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resume_after_a_crash_continues_the_run_bit_for_bit(
+    make_imagefolder, tiny_config, monkeypatch, num_workers
+):
+    """A run killed after epoch 2 of 3 and resumed ends with exactly the weights of an uninterrupted run."""
+    import trainer.train as train_module
+
+    data = make_imagefolder(classes=2, per_class=16)
+    settings = (
+        "train.epochs=3",
+        "train.batch_size=4",
+        "train.ema_decay=0.9",
+        "augment.preset=standard",
+        "optim.warmup_epochs=1",
+        f"data.num_workers={num_workers}",
+    )
+    straight = train(tiny_config(data, "run_name=straight", *settings))
+
+    real_write = train_module._write_metrics_csv
+
+    def crash_after_epoch_two(path, history):
+        real_write(path, history)
+        if len(history) == 2:
+            raise _CrashError  # after epoch 2's checkpoint: as if the process were killed here
+
+    monkeypatch.setattr(train_module, "_write_metrics_csv", crash_after_epoch_two)
+    with pytest.raises(_CrashError):
+        train(tiny_config(data, "run_name=crashed", *settings))
+    monkeypatch.undo()
+    run_dir = straight.run_dir.parent / "crashed"
+    train(RunDir(run_dir).resume_config(), resume=run_dir)
+
     a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=False)
-    for key, value in a["model"].items():
-        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0, msg=key)
-    for key, value in a["ema"].items():
-        torch.testing.assert_close(value, b["ema"][key], rtol=0, atol=0, msg=key)
-    assert [r["train_loss"] for r in a["progress"]["history"]] == [
-        r["train_loss"] for r in b["progress"]["history"]
-    ]
-    assert len((first.run_dir / "metrics.csv").read_text().splitlines()) == 3
+    b = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    for section in ("model", "ema"):
+        for key, value in a[section].items():
+            torch.testing.assert_close(value, b[section][key], rtol=0, atol=0, msg=f"{section}.{key}")
+    assert a["progress"]["history"][2]["train_loss"] == b["progress"]["history"][2]["train_loss"]
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4
+
+
+def test_resume_refuses_changes_to_what_the_checkpoint_was_trained_with(make_imagefolder, tiny_config):
+    from trainer.errors import ConfigError
+
+    run = train(
+        tiny_config(make_imagefolder(classes=2, per_class=10), "train.epochs=1", "export.enabled=false")
+    )
+    with pytest.raises(ConfigError, match=r"cannot change model.name, optim.lr when resuming"):
+        RunDir(run.run_dir).resume_config(["model.name=resnet18", "train.epochs=3"], {"optim.lr": 0.1})
+    assert RunDir(run.run_dir).resume_config(["train.epochs=3"]).train.epochs == 3
 
 
 def test_unreadable_images_are_reported_and_skipped(make_imagefolder, tiny_config):
@@ -174,26 +211,72 @@ def test_strict_mode_stops_before_writing_anything(make_imagefolder, tiny_config
     assert not (tmp_path / "runs").exists()
 
 
-def test_transfer_learning_freezes_the_backbone_first(make_imagefolder, tiny_config, tmp_path):
+def test_transfer_learning_trains_only_the_head_while_the_backbone_is_frozen(
+    make_imagefolder, tiny_config, tmp_path
+):
     from trainer.models import create_model
 
     data = make_imagefolder(classes=2, per_class=10)
     weights = tmp_path / "pretrained.pt"
     torch.save(create_model("simple_cnn", 5, in_chans=3, image_size=16).model.state_dict(), weights)
-    result = train(
-        tiny_config(
-            data,
-            f"model.weights={weights}",
-            "model.freeze_backbone_epochs=1",
-            "train.epochs=2",
-            "train.threads=1",
-        )
-    )
-    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
     pretrained = torch.load(weights, weights_only=True)
-    # After the frozen epoch the backbone moved (epoch 2 trains it) but started from the file.
-    assert not torch.equal(state["model"]["features.0.weight"], pretrained["features.0.weight"])
-    assert state["model"]["head.weight"].shape == (2, 128)
+
+    def last_state(run_name: str, epochs: int) -> dict:
+        result = train(
+            tiny_config(
+                data,
+                f"run_name={run_name}",
+                f"model.weights={weights}",
+                "model.freeze_backbone_epochs=1",
+                f"train.epochs={epochs}",
+                "export.enabled=false",
+            )
+        )
+        return torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+    frozen = last_state("frozen", epochs=1)
+    torch.testing.assert_close(frozen["features.0.weight"], pretrained["features.0.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(frozen["neck.1.weight"], pretrained["neck.1.weight"], rtol=0, atol=0)
+    assert frozen["head.weight"].shape == (2, 128)
+    unfrozen = last_state("unfrozen", epochs=2)
+    assert not torch.equal(unfrozen["features.0.weight"], pretrained["features.0.weight"])
+
+
+def test_only_a_train_folder_gets_val_and_test_carved_from_it(tmp_path, tiny_config):
+    from tests.conftest import make_image
+
+    for label in range(2):
+        for index in range(10):
+            make_image(tmp_path / "split" / "train" / f"c{label}" / f"{index}.png", label, index)
+    result = train(tiny_config(tmp_path / "split", "train.epochs=1", "export.enabled=false"))
+    report = json.loads((result.run_dir / "data_report.json").read_text())
+    assert set(report["class_counts"]["test"]) == {"c0", "c1"}
+    assert report["split_source"] == "folders"
+
+
+def test_csv_with_absolute_paths_trains_and_exports(tmp_path, tiny_config, make_imagefolder):
+    data = make_imagefolder(classes=2, per_class=10)
+    rows = [f"{p.resolve()},{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    csv_path = tmp_path / "elsewhere" / "labels.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text("path,label\n" + "\n".join(rows) + "\n")
+    result = train(tiny_config(csv_path, "train.epochs=1", "export.formats=[onnx]"))
+    assert export_bundle(result.run_dir).manifest.labels == ("class_0", "class_1")
+
+
+def test_export_with_a_single_parity_image_keeps_the_batch_axis_dynamic(trained):
+    result, root = trained
+    config_path = result.run_dir / "config.yaml"
+    original = config_path.read_text()
+    config_path.write_text(original.replace("parity_samples: 8", "parity_samples: 1"))
+    try:
+        exported = export_bundle(result.run_dir, out_dir=root / "single", name="m")
+    finally:
+        config_path.write_text(original)
+    session = ort.InferenceSession(
+        str(exported.bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert session.run(None, {"input": np.random.rand(7, 3, 16, 16).astype(np.float32)})[0].shape == (7, 3)
 
 
 @pytest.mark.cuda

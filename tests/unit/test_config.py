@@ -64,3 +64,27 @@ def test_digest_ignores_where_the_run_is_written_but_not_what_it_trains():
     base = load_config(None)
     assert config_digest(base) == config_digest(load_config(None, ["runs_dir=/elsewhere", "run_name=x"]))
     assert config_digest(base) != config_digest(load_config(None, ["optim.lr=0.5"]))
+
+
+def test_named_values_are_taken_as_they_are_not_parsed_as_yaml():
+    config = load_config(None, ["run_name=7"], {"run_name": "2024-01-01", "data.path": Path("runs #2")})
+    assert config.run_name == "2024-01-01"
+    assert config.data.path == Path("runs #2")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["preprocess.image_size=32", "preprocess.resize=16"],
+            r"resize \(16\) must be at least image_size \(32\)",
+        ),
+        (
+            ["preprocess.color_mode=L", "preprocess.mean=[0.1, 0.2, 0.3]"],
+            r"mean needs 1 value\(s\) for color_mode L",
+        ),
+    ],
+)
+def test_inconsistent_preprocessing_is_a_config_error(overrides: list[str], message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -23,7 +23,8 @@ def test_every_builtin_model_gets_a_head_for_the_dataset(name: str):
     with torch.inference_mode():
         out = built.model.eval()(torch.rand(2, 3, 64, 64))
     assert out.shape == (2, 7)
-    assert any(n.startswith(built.head_prefix + ".") for n, _ in built.model.named_parameters())
+    (prefix,) = built.head_prefixes
+    assert any(n.startswith(prefix + ".") for n, _ in built.model.named_parameters())
 
 
 def test_vit_builds_for_a_non_default_image_size():
@@ -40,7 +41,7 @@ def test_grayscale_input_adapts_the_stem():
 
 def test_timm_models_are_available_by_prefix():
     built = create_model("timm:resnet10t", num_classes=5, image_size=32)
-    assert built.head_prefix == "fc"
+    assert built.head_prefixes == ("fc",)
     with torch.inference_mode():
         assert built.model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 5)
 
@@ -101,3 +102,18 @@ def test_a_file_that_is_not_a_checkpoint_is_reported(tmp_path: Path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match=r"junk.pth: cannot read weights"):
         create_model("simple_cnn", num_classes=3, weights=path, in_chans=1, image_size=16)
+
+
+def test_timm_models_with_two_heads_treat_both_as_head():
+    built = create_model("timm:deit_tiny_distilled_patch16_224", num_classes=3, image_size=224)
+    assert built.head_prefixes == ("head", "head_dist")
+
+
+def test_checkpoints_without_batchnorm_step_counters_load(tmp_path: Path):
+    import torchvision
+
+    source = torchvision.models.resnet18()
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    built = create_model("resnet18", num_classes=3, weights=tmp_path / "old.pth", image_size=32)
+    torch.testing.assert_close(built.model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)

@@ -32,7 +32,9 @@ def test_step_schedule_multiplies_by_gamma_every_step_epochs():
 
 def test_backbone_groups_get_the_scaled_lr_and_norms_are_not_decayed():
     model = SimpleCNN(num_classes=3)
-    optimizer = build_optimizer(model, OptimConfig(lr=0.01, weight_decay=0.05), "head", backbone_lr_scale=0.1)
+    optimizer = build_optimizer(
+        model, OptimConfig(lr=0.01, weight_decay=0.05), ("head",), backbone_lr_scale=0.1
+    )
     groups = {g["group_name"]: g for g in optimizer.param_groups}
     assert groups["head"]["lr"] == pytest.approx(0.01)
     assert groups["backbone"]["lr"] == pytest.approx(0.001)
@@ -42,15 +44,15 @@ def test_backbone_groups_get_the_scaled_lr_and_norms_are_not_decayed():
 
 
 def test_sgd_is_built_with_momentum():
-    optimizer = build_optimizer(SimpleCNN(3), OptimConfig(optimizer="sgd", momentum=0.8), "head", 1.0)
+    optimizer = build_optimizer(SimpleCNN(3), OptimConfig(optimizer="sgd", momentum=0.8), ("head",), 1.0)
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["momentum"] == 0.8
 
 
 def test_freezing_the_backbone_leaves_only_the_head_trainable():
     model = SimpleCNN(num_classes=3)
-    set_backbone_trainable(model, "head", trainable=False)
+    set_backbone_trainable(model, ("head",), trainable=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}
-    set_backbone_trainable(model, "head", trainable=True)
+    set_backbone_trainable(model, ("head",), trainable=True)
     assert all(p.requires_grad for p in model.parameters())

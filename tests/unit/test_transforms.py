@@ -36,10 +36,13 @@ def test_eval_transform_resizes_the_shorter_side_then_center_crops_and_normalise
     spec = preprocess_spec(
         EvalTransformConfig(image_size=8, resize=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     )
-    image = torch.full((3, 20, 40), 255, dtype=torch.uint8)
+    image = torch.zeros((3, 20, 40), dtype=torch.uint8)
+    image[:, :, 18:22] = 255  # a white stripe in the middle column band survives the center crop
     out = eval_transform(spec)(image)
     assert out.shape == (3, 8, 8) and out.dtype == torch.float32
-    torch.testing.assert_close(out, torch.ones(3, 8, 8))
+    assert float(out.min()) == -1.0  # black normalises to (0 - 0.5) / 0.5
+    assert float(out[:, :, 3:5].mean()) > 0.0  # the stripe is at the crop's center
+    assert float(out[:, :, 0].max()) == -1.0 and float(out[:, :, -1].max()) == -1.0
 
 
 def test_eval_transform_center_crop_takes_the_middle():
