@@ -1,0 +1,208 @@
+"""The dynamic batcher: plain asyncio, no HTTP.
+
+Semantics follow Triton's dynamic batcher. Requests submit N items (one per image) and get N
+results back in order. When the runtime is free, the batcher takes queued items in arrival order
+up to ``max_batch_size``; if fewer are queued it waits until the batch fills or the oldest item
+has waited ``max_queue_delay_ms``. With ``preferred_batch_sizes`` it sends a batch as soon as the
+largest preferred size that the queue can fill is reached. A request may be split across
+batches. Items whose request was cancelled (client gone, deadline passed) are never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from service.errors import DeadlineExceededError, QueueFullError
+
+__all__ = ["BatchRunner", "BatchStats", "DynamicBatcher"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+BatchRunner = Callable[[list[Any]], Awaitable[Sequence[Any]]]
+
+
+@dataclass
+class BatchStats:
+    """What a batch observer receives (for metrics): its size, queue waits, and run time."""
+
+    size: int
+    queue_seconds: list[float]
+    run_seconds: float
+
+
+@dataclass(eq=False)
+class _Item:
+    payload: Any
+    future: asyncio.Future
+    enqueued_at: float
+    in_queue: bool = field(default=True)
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Collects items from concurrent callers into batches for one runner (one model version)."""
+
+    def __init__(
+        self,
+        runner: BatchRunner,
+        *,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        max_queue_size: int,
+        preferred_batch_sizes: Sequence[int] = (),
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_ms < 0:
+            raise ValueError("max_batch_size and max_queue_size must be >= 1, max_queue_delay_ms >= 0")
+        self._runner = runner
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.preferred_batch_sizes = sorted({s for s in preferred_batch_sizes if 1 <= s <= max_batch_size})
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._queued = 0  # items still wanted: excludes cancelled ones left in the deque
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="dynamic-batcher")
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop accepting work; with ``drain``, finish what is queued first, else cancel it."""
+        self._closing = True
+        if not drain:
+            for item in self._take(self._queued):
+                item.future.set_exception(
+                    QueueFullError("the model was unloaded before these images were processed")
+                )
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def submit(self, payloads: Sequence[In], timeout_s: float | None = None) -> list[Out]:
+        """Queue ``payloads`` and wait for their results, in order.
+
+        Raises :class:`QueueFullError` at once when the queue has no room for all of them, and
+        :class:`DeadlineExceededError` when ``timeout_s`` passes first (queued items are dropped).
+        Cancelling the caller removes its queued items.
+        """
+        if not payloads:
+            return []
+        if self._closing:
+            raise QueueFullError("the model is shutting down; retry against another replica")
+        if self._queued + len(payloads) > self.max_queue_size:
+            raise QueueFullError(
+                f"queue full ({self._queued} of {self.max_queue_size} images waiting); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [_Item(payload, loop.create_future(), now) for payload in payloads]
+        for item in items:
+            item.future.add_done_callback(lambda _f, item=item: self._forget_if_cancelled(item))
+        self._queue.extend(items)
+        self._queued += len(items)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(item.future for item in items)), timeout_s))
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"deadline of {timeout_s * 1000:.0f} ms passed before the images were processed; "
+                "raise the request timeout or send fewer images"
+            ) from None
+        finally:
+            self._cancel(items)  # on any early exit (error, deadline, caller cancelled) drop what is left
+
+    def _cancel(self, items: list[_Item]) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.cancel()
+            elif not item.future.cancelled():
+                item.future.exception()  # mark retrieved: a sibling's failure is reported once
+
+    def _forget_if_cancelled(self, item: _Item) -> None:
+        if item.future.cancelled() and item.in_queue:
+            item.in_queue = False
+            self._queued -= 1
+
+    def _take(self, count: int) -> list[_Item]:
+        batch: list[_Item] = []
+        while self._queue and len(batch) < count:
+            item = self._queue.popleft()
+            if not item.in_queue:  # cancelled while queued: never computed
+                continue
+            item.in_queue = False
+            self._queued -= 1
+            batch.append(item)
+        return batch
+
+    def _drop_cancelled_head(self) -> None:
+        while self._queue and not self._queue[0].in_queue:
+            self._queue.popleft()
+
+    def _target_size(self) -> int | None:
+        """The batch size to send now without waiting, or None to keep waiting for more items."""
+        if self._queued >= self.max_batch_size:
+            return self.max_batch_size
+        reachable = [s for s in self.preferred_batch_sizes if s <= self._queued]
+        if reachable and self._queued == reachable[-1]:
+            return reachable[-1]
+        return None
+
+    async def _next_batch(self) -> list[_Item]:
+        while True:
+            self._drop_cancelled_head()
+            if not self._queue:
+                if self._closing:
+                    return []
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            size = self._target_size()
+            if size is not None:
+                return self._take(size)
+            waited = time.monotonic() - self._queue[0].enqueued_at
+            remaining = self.max_queue_delay_s - waited
+            if remaining <= 0 or self._closing:
+                reachable = [s for s in self.preferred_batch_sizes if s <= self._queued]
+                return self._take(reachable[-1] if reachable else self.max_batch_size)
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                return
+            started = time.monotonic()
+            try:
+                outputs = await self._runner([item.payload for item in batch])
+                if len(outputs) != len(batch):
+                    raise RuntimeError(f"runner returned {len(outputs)} results for a batch of {len(batch)}")
+            except Exception as exc:  # delivered to exactly the callers in this batch
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            finished = time.monotonic()
+            for item, output in zip(batch, outputs, strict=True):
+                if not item.future.done():
+                    item.future.set_result(output)
+            if self._on_batch is not None:
+                self._on_batch(
+                    BatchStats(len(batch), [started - item.enqueued_at for item in batch], finished - started)
+                )

@@ -1,0 +1,262 @@
+"""The dynamic batcher on its own, with a fake runner whose progress the tests control."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.batcher import BatchStats, DynamicBatcher
+from service.errors import DeadlineExceededError, QueueFullError
+
+
+class FakeRunner:
+    """Doubles every payload; records each batch; can be held at a gate or made to fail."""
+
+    def __init__(self, gated: bool = False) -> None:
+        self.batches: list[list] = []
+        self.gate = asyncio.Event()
+        if not gated:
+            self.gate.set()
+        self.started = asyncio.Event()
+        self.fail_on: object | None = None
+        self.wrong_count = False
+
+    async def __call__(self, payloads: list) -> list:
+        self.batches.append(list(payloads))
+        self.started.set()
+        await self.gate.wait()
+        if self.fail_on is not None and self.fail_on in payloads:
+            raise RuntimeError(f"cannot process {self.fail_on}")
+        if self.wrong_count:
+            return payloads[:-1]
+        return [p * 2 for p in payloads]
+
+
+def run(scenario):
+    return asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def batcher(runner: FakeRunner, **settings) -> DynamicBatcher:
+    defaults = {"max_batch_size": 4, "max_queue_delay_ms": 10_000, "max_queue_size": 64}
+    b = DynamicBatcher(runner, **{**defaults, **settings})
+    b.start()
+    return b
+
+
+def test_a_full_batch_is_sent_without_waiting_for_the_delay():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=4, max_queue_delay_ms=60_000)
+        results = await asyncio.gather(*(b.submit([i]) for i in range(4)))
+        assert results == [[0], [2], [4], [6]]
+        assert runner.batches == [[0, 1, 2, 3]]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_partial_batch_waits_for_the_oldest_items_delay_then_goes():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=8, max_queue_delay_ms=300)
+        pending = [asyncio.create_task(b.submit([i])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert runner.batches == []  # still inside the delay, batch not full
+        assert await asyncio.gather(*pending) == [[0], [2], [4]]
+        assert runner.batches == [[0, 1, 2]]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_zero_delay_sends_whatever_is_queued():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=8, max_queue_delay_ms=0)
+        assert await b.submit([5]) == [10]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_multi_image_requests_are_split_across_batches_and_reassembled_in_order():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=3, max_queue_delay_ms=0)
+        first, second = await asyncio.gather(b.submit([1, 2, 3, 4, 5]), b.submit([6, 7]))
+        assert first == [2, 4, 6, 8, 10]
+        assert second == [12, 14]
+        assert [len(batch) for batch in runner.batches] == [3, 3, 1]
+        assert [p for batch in runner.batches for p in batch] == [1, 2, 3, 4, 5, 6, 7]  # arrival order
+        await b.stop()
+
+    run(scenario)
+
+
+def test_items_queued_while_the_runner_is_busy_form_the_next_batch():
+    async def scenario():
+        runner = FakeRunner(gated=True)
+        b = batcher(runner, max_batch_size=4, max_queue_delay_ms=0)
+        first = asyncio.create_task(b.submit([0]))
+        await runner.started.wait()
+        later = [asyncio.create_task(b.submit([i])) for i in range(1, 7)]
+        await asyncio.sleep(0.01)
+        runner.gate.set()
+        await asyncio.gather(first, *later)
+        assert [len(batch) for batch in runner.batches] == [1, 4, 2]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_preferred_batch_size_is_sent_as_soon_as_it_is_reached():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=8, max_queue_delay_ms=60_000, preferred_batch_sizes=[2, 4])
+        assert await b.submit([1, 2]) == [2, 4]
+        assert runner.batches == [[1, 2]]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_full_queue_rejects_at_once_and_counts_every_image():
+    async def scenario():
+        runner = FakeRunner(gated=True)
+        b = batcher(runner, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=3)
+        running = asyncio.create_task(b.submit([0]))
+        await runner.started.wait()
+        queued = asyncio.create_task(b.submit([1, 2]))
+        await asyncio.sleep(0)
+        assert b.queue_depth == 2
+        with pytest.raises(QueueFullError, match="queue full"):
+            await b.submit([3, 4])  # 2 queued + 2 > 3
+        runner.gate.set()
+        assert await running == [0]
+        assert await queued == [2, 4]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_deadline_passing_in_the_queue_drops_the_items_uncomputed():
+    async def scenario():
+        runner = FakeRunner(gated=True)
+        b = batcher(runner, max_batch_size=1, max_queue_delay_ms=0)
+        running = asyncio.create_task(b.submit([0]))
+        await runner.started.wait()
+        with pytest.raises(DeadlineExceededError, match="deadline of 50 ms"):
+            await b.submit([7, 8], timeout_s=0.05)
+        assert b.queue_depth == 0
+        runner.gate.set()
+        await running
+        assert await b.submit([9]) == [18]
+        assert 7 not in [p for batch in runner.batches for p in batch]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_cancelled_caller_s_items_are_never_computed():
+    async def scenario():
+        runner = FakeRunner(gated=True)
+        b = batcher(runner, max_batch_size=2, max_queue_delay_ms=0)
+        running = asyncio.create_task(b.submit([0]))
+        await runner.started.wait()
+        gone = asyncio.create_task(b.submit([100, 101, 102]))
+        stays = asyncio.create_task(b.submit([1]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert b.queue_depth == 1
+        runner.gate.set()
+        assert await stays == [2]
+        await running
+        computed = [p for batch in runner.batches for p in batch]
+        assert computed == [0, 1]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_runner_error_reaches_exactly_the_requests_in_that_batch():
+    async def scenario():
+        runner = FakeRunner(gated=True)
+        runner.fail_on = 13
+        b = batcher(runner, max_batch_size=2, max_queue_delay_ms=0)
+        first = asyncio.create_task(b.submit([0]))
+        await runner.started.wait()
+        a = asyncio.create_task(b.submit([1]))
+        bad = asyncio.create_task(b.submit([13]))
+        c = asyncio.create_task(b.submit([3]))
+        await asyncio.sleep(0)
+        runner.gate.set()
+        results = await asyncio.gather(first, a, bad, c, return_exceptions=True)
+        assert results[0] == [0]
+        assert isinstance(results[1], RuntimeError) and isinstance(results[2], RuntimeError)
+        assert "cannot process 13" in str(results[2])
+        assert results[3] == [6]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_runner_returning_the_wrong_count_fails_the_batch():
+    async def scenario():
+        runner = FakeRunner()
+        runner.wrong_count = True
+        b = batcher(runner, max_batch_size=2, max_queue_delay_ms=0)
+        with pytest.raises(RuntimeError, match="returned 1 results for a batch of 2"):
+            await b.submit([1, 2])
+        await b.stop()
+
+    run(scenario)
+
+
+def test_batch_observer_sees_sizes_and_queue_waits():
+    async def scenario():
+        seen: list[BatchStats] = []
+        runner = FakeRunner()
+        b = DynamicBatcher(
+            runner, max_batch_size=3, max_queue_delay_ms=0, max_queue_size=8, on_batch=seen.append
+        )
+        b.start()
+        await b.submit([1, 2, 3])
+        assert [s.size for s in seen] == [3]
+        assert len(seen[0].queue_seconds) == 3 and all(q >= 0 for q in seen[0].queue_seconds)
+        await b.stop()
+
+    run(scenario)
+
+
+def test_stop_drains_queued_work_and_then_refuses_new_work():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=2, max_queue_delay_ms=60_000)
+        pending = asyncio.create_task(b.submit([1]))
+        await asyncio.sleep(0)
+        await b.stop(drain=True)
+        assert await pending == [2]
+        with pytest.raises(QueueFullError, match="shutting down"):
+            await b.submit([1])
+
+    run(scenario)
+
+
+def test_stop_without_drain_fails_queued_work_fast():
+    async def scenario():
+        runner = FakeRunner(gated=True)
+        b = batcher(runner, max_batch_size=1, max_queue_delay_ms=0)
+        running = asyncio.create_task(b.submit([0]))
+        await runner.started.wait()
+        queued = asyncio.create_task(b.submit([1]))
+        await asyncio.sleep(0)
+        stopping = asyncio.create_task(b.stop(drain=False))
+        with pytest.raises(QueueFullError, match="unloaded"):
+            await queued
+        runner.gate.set()
+        await running
+        await stopping
+
+    run(scenario)
