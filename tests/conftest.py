@@ -76,3 +76,36 @@ def tiny_config(tmp_path: Path):
         )
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A real bundle (TorchScript + ONNX) from a 2-epoch run on generated images: (bundle_dir, run_dir)."""
+    from trainer.config import load_config
+    from trainer.export import export_bundle
+    from trainer.train import train
+
+    root = tmp_path_factory.mktemp("bundle")
+    data = root / "tiny"
+    for label in range(3):
+        for index in range(12):
+            make_image(data / f"class_{label}" / f"{index:03d}.png", label, index)
+    config = load_config(
+        None,
+        [
+            f"data.path={data}",
+            f"runs_dir={root / 'runs'}",
+            f"export.out_dir={root / 'models'}",
+            "run_name=tiny",
+            "preprocess.image_size=16",
+            "preprocess.resize=18",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "data.val_fraction=0.2",
+            "data.test_fraction=0.2",
+            "export.parity_samples=8",
+        ],
+    )
+    result = train(config, config_name="tiny")
+    exported = export_bundle(result.run_dir, name="tiny")
+    return exported.bundle_dir, result.run_dir

@@ -24,6 +24,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "batch_mixer",
+    "decode_converted",
     "eval_transform",
     "load_image",
     "preprocess_spec",
@@ -80,13 +81,20 @@ def to_color_mode(image: Image.Image, color_mode: str) -> Image.Image:
     return image
 
 
+def decode_converted(image: Image.Image, color_mode: str) -> Image.Image:
+    """Decode an opened image in ``color_mode``: the one decode path the trainer and the service share."""
+    image.draft(
+        color_mode, None
+    )  # the JPEG decoder converts during decoding: faster, and it rounds differently
+    converted = to_color_mode(image, color_mode)
+    converted.load()
+    return converted
+
+
 def load_image(path: Path, color_mode: str) -> torch.Tensor:
     """Decode ``path`` into a uint8 ``[C, H, W]`` tensor in ``color_mode``."""
     with Image.open(path) as image:
-        image.draft(color_mode, None)  # lets the JPEG decoder skip work we would discard
-        converted = to_color_mode(image, color_mode)
-        converted.load()
-    return F.pil_to_tensor(converted)
+        return F.pil_to_tensor(decode_converted(image, color_mode))
 
 
 def eval_transform(spec: PreprocessSpec) -> v2.Compose:

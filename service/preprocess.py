@@ -1,0 +1,66 @@
+"""Request images -> model input: decode, colour-convert, then the bundle's evaluation transform.
+
+The transform is built from ``manifest.preprocess`` with the trainer's own code
+(``trainer.transforms``), so the service's input tensor is the trainer's, by construction.
+Decoding runs in a thread pool (Pillow and torch release the GIL), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as F
+
+from service.errors import BadInputError
+from trainer.manifest import PreprocessSpec
+from trainer.transforms import decode_converted, eval_transform
+
+__all__ = ["ACCEPTED_FORMATS", "Preprocessor"]
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+
+
+class Preprocessor:
+    """Callable: encoded image bytes -> float32 ``[C, H, W]`` numpy array ready for the runtime."""
+
+    def __init__(self, spec: PreprocessSpec, *, max_image_pixels: int = 40_000_000) -> None:
+        self.spec = spec
+        self.max_image_pixels = max_image_pixels
+        self._transform = eval_transform(spec)
+
+    def decode(self, data: bytes) -> Image.Image:
+        if not data:
+            raise BadInputError("empty image: the request carried zero bytes for it")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                if image.format not in ACCEPTED_FORMATS:
+                    raise BadInputError(
+                        f"unsupported image format {image.format}; send one of {', '.join(sorted(ACCEPTED_FORMATS))}"
+                    )
+                width, height = image.size
+                if width * height > self.max_image_pixels:
+                    raise BadInputError(
+                        f"image of {width}x{height} pixels is over the limit of {self.max_image_pixels:,}; "
+                        "downscale it before sending"
+                    )
+                image.seek(0)  # GIF and multi-frame images: the first frame
+                return decode_converted(image, self.spec.color_mode)
+        except BadInputError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise BadInputError(
+                "not a decodable image (send JPEG, PNG, WebP, BMP or GIF file bytes)"
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise BadInputError(
+                f"corrupt or truncated image ({str(exc).splitlines()[0] or type(exc).__name__})"
+            ) from None
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        tensor = F.pil_to_tensor(self.decode(data))
+        return self._transform(tensor).numpy()

@@ -1,0 +1,93 @@
+"""Runtimes against a real tiny bundle: agreement between them, selection, and parity with the trainer."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from service.errors import RuntimeUnavailableError
+from service.preprocess import Preprocessor
+from service.runtimes import OnnxRuntime, TorchScriptRuntime, choose_runtime
+from trainer.config import load_config
+from trainer.export import load_eager_model
+from trainer.manifest import MANIFEST_FILENAME, load_manifest
+from trainer.rundir import RunDir
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_onnx_and_torchscript_runtimes_agree_and_return_probabilities(tiny_bundle, batch_size: int):
+    bundle, _ = tiny_bundle
+    batch = np.random.default_rng(batch_size).standard_normal((batch_size, 3, 16, 16)).astype(np.float32)
+    onnx = OnnxRuntime(bundle / "model.onnx", intra_op_threads=1).infer(batch)
+    scripted = TorchScriptRuntime(bundle / "model.torchscript.pt").infer(batch)
+    assert onnx.shape == scripted.shape == (batch_size, 3)
+    np.testing.assert_allclose(onnx.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(onnx, scripted, atol=1e-5)
+
+
+def test_auto_picks_onnx_runtime_on_the_cpu_and_honours_a_preference(tiny_bundle):
+    bundle, _ = tiny_bundle
+    manifest = load_manifest(bundle)
+    assert choose_runtime(manifest, bundle, device="cpu").name == "onnxruntime"
+    assert choose_runtime(manifest, bundle, device="cpu", preference="torchscript").name == "torchscript"
+
+
+def test_a_bundle_without_onnx_falls_back_to_torchscript(tiny_bundle, tmp_path):
+    bundle, _ = tiny_bundle
+    manifest = load_manifest(bundle)
+    only_ts = manifest.model_copy(
+        update={"artifacts": tuple(a for a in manifest.artifacts if a.format == "torchscript")}
+    )
+    shutil.copy(bundle / "model.torchscript.pt", tmp_path)
+    (tmp_path / MANIFEST_FILENAME).write_text(only_ts.to_json())
+    assert choose_runtime(only_ts, tmp_path, device="cpu").name == "torchscript"
+
+
+def test_asking_for_tensorrt_without_its_artifact_says_why(tiny_bundle):
+    bundle, _ = tiny_bundle
+    with pytest.raises(
+        RuntimeUnavailableError, match=r"no runtime can serve tiny v1 .*tensorrt: the bundle has no artifact"
+    ):
+        choose_runtime(load_manifest(bundle), bundle, device="cpu", preference="tensorrt")
+
+
+def test_service_top1_equals_the_trainer_in_process_prediction(tiny_bundle):
+    bundle, run_dir = tiny_bundle
+    manifest = load_manifest(bundle)
+    run = RunDir(run_dir)
+    config = load_config(run.config)
+    labels = run.read_labels()
+    model = load_eager_model(run, config, labels)
+    from trainer.transforms import eval_transform, load_image
+
+    transform = eval_transform(manifest.preprocess)
+    samples = [s for part in run.read_splits(labels).values() for s in part]
+    preprocess = Preprocessor(manifest.preprocess)
+    runtime = choose_runtime(manifest, bundle, device="cpu")
+    served = runtime.infer(np.stack([preprocess(s.path.read_bytes()) for s in samples]))
+    with torch.inference_mode():
+        trained = (
+            model(torch.stack([transform(load_image(s.path, "RGB")) for s in samples])).softmax(1).numpy()
+        )
+    np.testing.assert_array_equal(served.argmax(1), trained.argmax(1))
+    np.testing.assert_allclose(served, trained, atol=1e-4)
+
+
+@pytest.mark.cuda
+def test_torchscript_serves_fp16_on_cuda(tiny_bundle):
+    bundle, _ = tiny_bundle
+    runtime = choose_runtime(load_manifest(bundle), bundle, device="cuda", preference="torchscript")
+    assert runtime.precision == "fp16"
+    batch = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    reference = TorchScriptRuntime(bundle / "model.torchscript.pt").infer(batch)
+    np.testing.assert_allclose(runtime.infer(batch), reference, atol=1e-2)
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_runtime_needs_an_engine_artifact(tiny_bundle):
+    bundle, _ = tiny_bundle
+    with pytest.raises(RuntimeUnavailableError, match="no artifact"):
+        choose_runtime(load_manifest(bundle), bundle, device="cuda", preference="tensorrt")
