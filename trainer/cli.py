@@ -168,7 +168,9 @@ def export(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    # Our progress lines at INFO; libraries (the ONNX exporter's passes, tensorboard) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("imgcls").setLevel(logging.INFO)
     try:
         app(args=argv, prog_name="imgcls", standalone_mode=False)
     except ImgclsError as exc:
