@@ -20,7 +20,7 @@ __all__ = ["app", "main", "run"]
 
 app = typer.Typer(
     name="imgcls",
-    help="Train, evaluate and export image classifiers (and, in later releases, serve them).",
+    help="Train, evaluate, export and serve image classifiers.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -164,6 +164,54 @@ def export(
             f"max |softmax diff| {parity.max_abs_diff:.1e}"
         )
     typer.echo(f"bundle: {result.bundle_dir}")
+
+
+@app.command()
+def serve(
+    model_repo: Annotated[
+        Path | None, typer.Option(help="Model repository: <repo>/<name>/<version>/manifest.json.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="auto, onnxruntime, torchscript or tensorrt (default auto).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default auto).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Serve every bundle in the model repository over HTTP (KServe v1), with dynamic batching.
+
+    Every setting can also come from the environment: IMGCLS_MODEL_REPO, IMGCLS_PORT,
+    IMGCLS_BATCHING__MAX_BATCH_SIZE, IMGCLS_MODELS='{"digits": {"max_batch_size": 16}}', ...
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.settings import Settings
+    from trainer.errors import ConfigError
+
+    given = {
+        "model_repo": model_repo,
+        "host": host,
+        "port": port,
+        "runtime": runtime,
+        "device": device,
+        "log_level": log_level,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"IMGCLS_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid service settings: {problems}") from None
+    logging.getLogger("imgcls").setLevel(settings.log_level.upper())
+    # One worker process: each process would load every model and its own batcher (see README).
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, workers=1
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,72 @@
+"""The FastAPI application: wiring only. Models load in the lifespan, never at import.
+
+uvicorn service.app:create_app --factory     (settings from IMGCLS_* environment variables)
+imgcls serve --model-repo models/             (the same, with CLI flags)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import trainer
+from service import routes_health, routes_v1
+from service.errors import ServiceError
+from service.limits import BodyLimitMiddleware
+from service.registry import ModelRegistry
+from service.routes_common import error_response, service_error_response
+from service.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("imgcls.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.registry = ModelRegistry(settings)
+        app.state.started = False
+        await app.state.registry.load()
+        app.state.started = True
+        try:
+            yield
+        finally:
+            await app.state.registry.stop(drain=True)
+
+    app = FastAPI(title="imgcls", version=trainer.__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.started = False
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return service_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = "no such route; see /docs for the endpoints" if exc.status_code == 404 else str(exc.detail)
+        return error_response(exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; the server log has the details")
+
+    app.include_router(routes_health.router)
+    app.include_router(routes_v1.router)
+    return app

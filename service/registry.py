@@ -1,0 +1,65 @@
+"""Every served model version, loaded from the repository; name/version lookups for the routes."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from service.errors import ModelNotFoundError
+from service.repository import ModelRepository
+from service.settings import Settings
+from service.worker import ModelWorker
+
+__all__ = ["ModelRegistry"]
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(settings.model_repo)
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=settings.decode_threads, thread_name_prefix="decode"
+        )
+        self.workers: dict[str, dict[int, ModelWorker]] = {}
+
+    async def load(self) -> None:
+        """Verify and load every bundle; one that fails stays listed, not ready, with its reason."""
+        for ref in self.repository.scan():
+            worker = ModelWorker(
+                ref, self.settings.for_model(ref.name), self.decode_pool, self.settings.max_image_pixels
+            )
+            self.workers.setdefault(ref.name, {})[ref.version] = worker
+        for versions in self.workers.values():
+            for worker in versions.values():
+                await worker.load()  # one at a time: loading in parallel only fights over the cores
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.workers)
+
+    def all(self) -> list[ModelWorker]:
+        return [w for name in self.names for _, w in sorted(self.workers[name].items())]
+
+    @property
+    def ready(self) -> bool:
+        """Every version that verified has loaded and warmed up (failed bundles do not hold readiness back)."""
+        return all(w.ready for w in self.all() if w.ref.ok)
+
+    def get(self, name: str, version: int | None = None) -> ModelWorker:
+        versions = self.workers.get(name)
+        if not versions:
+            raise ModelNotFoundError(
+                f"unknown model {name!r}; models served here: {', '.join(self.names) or 'none'}"
+            )
+        if version is None:
+            ready = [v for v, w in versions.items() if w.ready]
+            return versions[max(ready) if ready else max(versions)]
+        if version not in versions:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version}; versions: {', '.join(map(str, sorted(versions)))}"
+            )
+        return versions[version]
+
+    async def stop(self, drain: bool = True) -> None:
+        for worker in self.all():
+            await worker.stop(drain=drain)
+        self.decode_pool.shutdown(wait=False)

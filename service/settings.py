@@ -1,0 +1,102 @@
+"""Service settings: environment variables (``IMGCLS_*``) and CLI flags, validated at start-up.
+
+Batching defaults apply to every model; ``IMGCLS_MODELS`` overrides them per model name, e.g.
+``IMGCLS_MODELS='{"digits": {"max_batch_size": 16, "runtime": "torchscript"}}'``. Tests build
+``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["BatchingSettings", "ModelOverrides", "ModelSettings", "Settings"]
+
+RuntimeChoice = Literal["auto", "onnxruntime", "torchscript", "tensorrt"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+class BatchingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0  # how long the oldest item may wait
+    max_queue_size: Annotated[int, Field(ge=1)] = 512  # images waiting, beyond which requests get 503
+    timeout_ms: Annotated[float, Field(gt=0)] = 10_000  # default per-request deadline while queued
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> BatchingSettings:
+        too_big = [s for s in self.preferred_batch_sizes if s < 1 or s > self.max_batch_size]
+        if too_big:
+            raise ValueError(
+                f"preferred_batch_sizes {too_big} must lie in 1..max_batch_size ({self.max_batch_size})"
+            )
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+
+class ModelOverrides(BaseModel):
+    """Per-model changes to the defaults; unset fields keep the service-wide value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+    max_queue_size: int | None = None
+    timeout_ms: float | None = None
+    preferred_batch_sizes: tuple[int, ...] | None = None
+    runtime: RuntimeChoice | None = None
+    device: DeviceChoice | None = None
+
+
+class ModelSettings(BaseModel):
+    """The resolved settings one model version runs with."""
+
+    batching: BatchingSettings
+    runtime: RuntimeChoice
+    device: DeviceChoice
+    intra_op_threads: int | None
+    warmup: bool
+
+
+def _default_decode_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMGCLS_", env_nested_delimiter="__", extra="forbid")
+
+    model_repo: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    runtime: RuntimeChoice = "auto"
+    device: DeviceChoice = "auto"
+    intra_op_threads: Annotated[int, Field(ge=1)] | None = None  # None: the runtime's default (all cores)
+    decode_threads: Annotated[int, Field(ge=1)] = Field(default_factory=_default_decode_threads)
+    batching: BatchingSettings = BatchingSettings()
+    models: dict[str, ModelOverrides] = {}
+    max_images_per_request: Annotated[int, Field(ge=1)] = 64
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000
+    warmup: bool = True  # run every batch size up to max_batch_size before reporting ready
+
+    def for_model(self, name: str) -> ModelSettings:
+        overrides = self.models.get(name, ModelOverrides())
+        changed = overrides.model_dump(exclude_none=True, exclude={"runtime", "device"})
+        batching = BatchingSettings.model_validate({**self.batching.model_dump(), **changed})
+        return ModelSettings(
+            batching=batching,
+            runtime=overrides.runtime or self.runtime,
+            device=overrides.device or self.device,
+            intra_op_threads=self.intra_op_threads,
+            warmup=self.warmup,
+        )

@@ -1,0 +1,178 @@
+"""One served model version: its runtime on a dedicated thread, its preprocessing, its batcher.
+
+Inference runs on a single-thread executor per version, so the event loop never blocks on
+compute and the runtime is never called from two threads. Decoding runs on the shared decode
+pool. Warm-up runs every batch size up to ``max_batch_size`` (powers of two and the maximum)
+before the version reports ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import numpy as np
+
+from service.batcher import BatchStats, DynamicBatcher
+from service.errors import BadInputError, ModelNotReadyError
+from service.preprocess import Preprocessor
+from service.repository import BundleRef
+from service.runtimes import Runtime, choose_runtime
+from service.settings import ModelSettings
+from trainer.errors import ImgclsError
+
+__all__ = ["ModelWorker", "warmup_sizes"]
+
+log = logging.getLogger("imgcls.worker")
+
+State = Literal["loading", "ready", "failed", "stopped"]
+
+
+def warmup_sizes(max_batch_size: int) -> list[int]:
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if max_batch_size > 1:
+        sizes.append(max_batch_size)
+    return sizes
+
+
+class ModelWorker:
+    def __init__(
+        self, ref: BundleRef, settings: ModelSettings, decode_pool: ThreadPoolExecutor, max_image_pixels: int
+    ):
+        self.ref = ref
+        self.settings = settings
+        self.state: State = "failed" if not ref.ok else "loading"
+        self.error: str | None = ref.error
+        self.runtime: Runtime | None = None
+        self.batcher: DynamicBatcher | None = None
+        self._decode_pool = decode_pool
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"infer-{ref.name}-{ref.version}"
+        )
+        self._preprocess = (
+            Preprocessor(ref.manifest.preprocess, max_image_pixels=max_image_pixels) if ref.ok else None
+        )
+        self.on_batch: list = []  # observers of BatchStats (metrics)
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def version(self) -> int:
+        return self.ref.version
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def _load_and_warm(self) -> Runtime:
+        manifest = self.ref.manifest
+        runtime = choose_runtime(
+            manifest,
+            self.ref.path,
+            preference=self.settings.runtime,
+            device=self.settings.device,
+            intra_op_threads=self.settings.intra_op_threads,
+        )
+        if self.settings.warmup:
+            shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
+            for size in warmup_sizes(self.settings.batching.max_batch_size):
+                runtime.infer(np.zeros((size, *shape), dtype=np.float32))
+        return runtime
+
+    async def load(self) -> None:
+        if self.state == "failed":
+            log.error("%s v%d not loaded: %s", self.name, self.version, self.error)
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            self.runtime = await loop.run_in_executor(self._executor, self._load_and_warm)
+        except ImgclsError as exc:
+            self.state, self.error = "failed", str(exc)
+            log.error("%s v%d not loaded: %s", self.name, self.version, exc)
+            return
+        except Exception as exc:  # a corrupt artifact can raise anything from inside a runtime
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.exception("%s v%d failed to load", self.name, self.version)
+            return
+        batching = self.settings.batching
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=batching.max_batch_size,
+            max_queue_delay_ms=batching.max_queue_delay_ms,
+            max_queue_size=batching.max_queue_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            on_batch=self._observe,
+        )
+        self.batcher.start()
+        self.state = "ready"
+        log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
+
+    def _observe(self, stats: BatchStats) -> None:
+        for observer in self.on_batch:
+            observer(self, stats)
+
+    async def _run_batch(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
+        batch = np.stack(payloads)
+        probabilities = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.runtime.infer, batch
+        )
+        return list(probabilities)
+
+    def require_ready(self) -> DynamicBatcher:
+        if self.state != "ready" or self.batcher is None:
+            reason = f": {self.error}" if self.error else ""
+            raise ModelNotReadyError(f"model {self.name} v{self.version} is {self.state}{reason}")
+        return self.batcher
+
+    async def preprocess(self, images: list[bytes]) -> list[np.ndarray]:
+        """Decode and transform on the decode pool; a bad image names its position."""
+        loop = asyncio.get_running_loop()
+
+        async def one(index: int, data: bytes) -> np.ndarray:
+            try:
+                return await loop.run_in_executor(self._decode_pool, self._preprocess, data)
+            except BadInputError as exc:
+                raise BadInputError(f"image {index}: {exc}") from None
+
+        return list(await asyncio.gather(*(one(i, data) for i, data in enumerate(images))))
+
+    async def predict_images(self, images: list[bytes], timeout_s: float | None = None) -> np.ndarray:
+        batcher = self.require_ready()
+        arrays = await self.preprocess(images)
+        return np.stack(await batcher.submit(arrays, timeout_s or self.default_timeout_s))
+
+    async def predict_pixels(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        batcher = self.require_ready()
+        expected = (
+            self.ref.manifest.input.channels,
+            self.ref.manifest.input.height,
+            self.ref.manifest.input.width,
+        )
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+            raise BadInputError(
+                f"pixels must have shape [N, {', '.join(map(str, expected))}], got {list(pixels.shape)}"
+            )
+        return np.stack(
+            await batcher.submit(
+                list(pixels.astype(np.float32, copy=False)), timeout_s or self.default_timeout_s
+            )
+        )
+
+    @property
+    def default_timeout_s(self) -> float:
+        return self.settings.batching.timeout_ms / 1000.0
+
+    async def stop(self, drain: bool = True) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop(drain=drain)
+        if self.state == "ready":
+            self.state = "stopped"
+        if self.runtime is not None:
+            self.runtime.close()
+        self._executor.shutdown(wait=False)
