@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import trainer
-from service import routes_health, routes_v1
+from service import routes_health, routes_v1, routes_v2
 from service.errors import ServiceError
 from service.limits import BodyLimitMiddleware
 from service.registry import ModelRegistry
@@ -69,4 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
     return app

@@ -1,0 +1,225 @@
+"""Open Inference Protocol v2 (KServe v2, Triton's HTTP API): what tritonclient.http and perf_analyzer speak.
+
+Two inputs, a request gives exactly one: ``image`` (BYTES ``[-1]``, one encoded image file per
+element) or ``pixels`` (FP32 ``[-1, C, H, W]``, already preprocessed). One output,
+``probabilities`` (FP32 ``[-1, classes]``), also available through the classification extension.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+import trainer
+from service.errors import BadInputError
+from service.routes_common import registry, until_disconnect
+from service.v2_codec import InferRequest, OutputTensor, encode_infer_response, parse_infer_request
+from service.worker import ModelWorker
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v2")
+
+OUTPUT_NAME = "probabilities"
+_PLATFORMS = {
+    "onnxruntime": "onnxruntime_onnx",
+    "torchscript": "pytorch_libtorch",
+    "tensorrt": "tensorrt_plan",
+}
+
+
+def _platform(worker: ModelWorker) -> str:
+    return _PLATFORMS[worker.runtime.name] if worker.runtime is not None else "imgcls"
+
+
+def _shape(worker: ModelWorker) -> tuple[int, int, int]:
+    spec = worker.ref.manifest.input
+    return spec.channels, spec.height, spec.width
+
+
+def _metadata(worker: ModelWorker) -> dict:
+    worker.require_ready()
+    channels, height, width = _shape(worker)
+    return {
+        "name": worker.name,
+        "versions": [str(worker.version)],
+        "platform": _platform(worker),
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "pixels", "datatype": "FP32", "shape": [-1, channels, height, width]},
+        ],
+        "outputs": [
+            {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, worker.ref.manifest.num_classes]}
+        ],
+    }
+
+
+def _config(worker: ModelWorker) -> dict:
+    worker.require_ready()
+    channels, height, width = _shape(worker)
+    batching = worker.settings.batching
+    dynamic: dict = {"max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000)}
+    if batching.preferred_batch_sizes:
+        dynamic["preferred_batch_size"] = list(batching.preferred_batch_sizes)
+    return {
+        "name": worker.name,
+        "platform": _platform(worker),
+        "max_batch_size": batching.max_batch_size,
+        "input": [
+            {
+                "name": "image",
+                "data_type": "TYPE_STRING",
+                "dims": [1],
+                "reshape": {"shape": []},
+                "optional": True,
+            },
+            {"name": "pixels", "data_type": "TYPE_FP32", "dims": [channels, height, width], "optional": True},
+        ],
+        "output": [
+            {"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [worker.ref.manifest.num_classes]}
+        ],
+        "dynamic_batching": dynamic,
+    }
+
+
+@router.get("")
+async def server_metadata() -> dict:
+    return {
+        "name": "imgcls",
+        "version": trainer.__version__,
+        "extensions": ["binary_tensor_data", "classification"],
+    }
+
+
+@router.get("/health/live")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    is_ready = request.app.state.started and registry(request).ready
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+def _worker(request: Request, name: str, version: str | None) -> ModelWorker:
+    if version is not None and not version.isdigit():
+        raise BadInputError(f"version must be a positive integer, got {version!r}")
+    return registry(request).get(name, int(version) if version is not None else None)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
+    worker = _worker(request, name, version)
+    metadata = _metadata(worker)
+    metadata["versions"] = [str(v) for v in sorted(registry(request).workers[name])]
+    return metadata
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
+    worker = _worker(request, name, version)
+    return JSONResponse({"name": name, "ready": worker.ready}, status_code=200 if worker.ready else 503)
+
+
+@router.get("/models/{name}/config")
+@router.get("/models/{name}/versions/{version}/config")
+async def model_config(request: Request, name: str, version: str | None = None) -> dict:
+    return _config(_worker(request, name, version))
+
+
+def _select_input(
+    parsed: InferRequest, worker: ModelWorker, max_images: int
+) -> tuple[str, list[bytes] | np.ndarray]:
+    by_name = {t.name: t for t in parsed.inputs}
+    unknown = sorted(set(by_name) - {"image", "pixels"})
+    if unknown or len(parsed.inputs) != 1:
+        raise BadInputError(
+            f"give exactly one input, 'image' (BYTES) or 'pixels' (FP32); got {[t.name for t in parsed.inputs]}"
+        )
+    tensor = parsed.inputs[0]
+    if tensor.name == "image":
+        if tensor.datatype != "BYTES" or not (
+            len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)
+        ):
+            raise BadInputError(
+                f"input 'image' must be BYTES of shape [N] (or [N, 1]), got {tensor.datatype} {tensor.shape}"
+            )
+        count = len(tensor.data)
+    else:
+        expected = [*_shape(worker)]
+        if tensor.datatype != "FP32" or len(tensor.shape) != 4 or tensor.shape[1:] != expected:
+            raise BadInputError(
+                f"input 'pixels' must be FP32 of shape [N, {', '.join(map(str, expected))}], got {tensor.datatype} {tensor.shape}"
+            )
+        count = tensor.shape[0]
+    if count < 1:
+        raise BadInputError("no images: the input holds zero elements")
+    if count > max_images:
+        raise BadInputError(
+            f"{count} images in one request; the limit is {max_images} (max_images_per_request)"
+        )
+    return tensor.name, tensor.data
+
+
+def _check_outputs(parsed: InferRequest) -> None:
+    for request_output in parsed.outputs:
+        if request_output.name != OUTPUT_NAME:
+            raise BadInputError(f"unknown output {request_output.name!r}; this model has '{OUTPUT_NAME}'")
+
+
+def _outputs(parsed: InferRequest, worker: ModelWorker, probabilities: np.ndarray) -> list[OutputTensor]:
+    requested = parsed.outputs or [None]
+    labels = worker.ref.manifest.labels
+    outputs = []
+    for request_output in requested:
+        binary = (
+            parsed.binary_output
+            if request_output is None or request_output.binary is None
+            else request_output.binary
+        )
+        k = request_output.classification if request_output is not None else None
+        if k:
+            k = min(k, len(labels))
+            top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+            strings = [
+                f"{probabilities[row, index]:.6f}:{index}:{labels[index]}".encode()
+                for row in range(len(probabilities))
+                for index in top[row]
+            ]
+            outputs.append(OutputTensor(OUTPUT_NAME, "BYTES", [len(probabilities), k], strings, binary))
+        else:
+            outputs.append(
+                OutputTensor(OUTPUT_NAME, "FP32", list(probabilities.shape), probabilities, binary)
+            )
+    return outputs
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    worker = _worker(request, name, version)
+    worker.require_ready()
+    header = request.headers.get("inference-header-content-length")
+    if header is not None and not header.isdigit():
+        raise BadInputError(f"Inference-Header-Content-Length must be an integer, got {header!r}")
+    parsed = parse_infer_request(await request.body(), int(header) if header is not None else None)
+    input_name, data = _select_input(parsed, worker, request.app.state.settings.max_images_per_request)
+    _check_outputs(parsed)  # before computing anything
+    if input_name == "image":
+        probabilities = await until_disconnect(request, worker.predict_images(list(data)))
+    else:
+        probabilities = await until_disconnect(
+            request, worker.predict_pixels(np.asarray(data, dtype=np.float32))
+        )
+    body, headers = encode_infer_response(
+        name, str(worker.version), parsed.id, _outputs(parsed, worker, probabilities)
+    )
+    return Response(
+        content=body,
+        headers={k: v for k, v in headers.items() if k != "content-type"},
+        media_type=headers["content-type"],
+    )

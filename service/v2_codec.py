@@ -1,0 +1,233 @@
+"""Open Inference Protocol v2 request/response bodies, with the binary tensor data extension.
+
+Pure functions, no HTTP: ``parse_infer_request`` reads a JSON body optionally followed by raw
+tensors (``Inference-Header-Content-Length`` gives the JSON's length), and ``encode_infer_response``
+writes the response the same way when any output is requested in binary. ``BYTES`` elements are
+a 4-byte little-endian length and the bytes in binary form, base64 strings in JSON form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.errors import BadInputError
+
+__all__ = [
+    "InferRequest",
+    "InputTensor",
+    "OutputRequest",
+    "OutputTensor",
+    "deserialize_bytes",
+    "encode_infer_response",
+    "parse_infer_request",
+    "serialize_bytes",
+]
+
+_NUMERIC = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "UINT8": np.uint8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+}
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | list[bytes]
+
+
+@dataclass
+class OutputRequest:
+    name: str
+    binary: bool | None = None  # None: the request-level default
+    classification: int | None = None  # top-k as "score:index:label" strings
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[InputTensor]
+    outputs: list[OutputRequest] = field(default_factory=list)
+    binary_output: bool = False  # request-level "binary_data_output"
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | list[bytes]
+    binary: bool
+
+
+def serialize_bytes(elements: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def deserialize_bytes(raw: bytes, where: str) -> list[bytes]:
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadInputError(f"{where}: BYTES data ends inside an element's 4-byte length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise BadInputError(f"{where}: BYTES element of {length} bytes runs past the end of the data")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _count(shape: list[int]) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total
+
+
+def _flatten(data: Any) -> list:
+    if isinstance(data, list):
+        return [leaf for item in data for leaf in _flatten(item)]
+    return [data]
+
+
+def _parse_input(raw: dict, index: int, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    if not isinstance(raw, dict):
+        raise BadInputError(f"inputs[{index}] must be an object with name, shape, datatype and data")
+    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
+    where = f"input {name!r}"
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise BadInputError(f"inputs[{index}] needs a string name and datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise BadInputError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+    size = (raw.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise BadInputError(
+                f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left"
+            )
+        chunk, offset = bytes(binary[offset : offset + size]), offset + size
+        if datatype == "BYTES":
+            data: np.ndarray | list[bytes] = deserialize_bytes(chunk, where)
+        elif datatype in _NUMERIC:
+            dtype = np.dtype(_NUMERIC[datatype]).newbyteorder("<")
+            if size != _count(shape) * dtype.itemsize:
+                raise BadInputError(f"{where}: {size} bytes do not hold shape {shape} of {datatype}")
+            data = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+        else:
+            raise BadInputError(f"{where}: datatype {datatype} is not supported")
+    else:
+        if "data" not in raw:
+            raise BadInputError(f'{where}: no data (give "data", or binary data with binary_data_size)')
+        flat = _flatten(raw["data"])
+        if datatype == "BYTES":
+            try:
+                data = [base64.b64decode(e, validate=True) for e in flat]
+            except (binascii.Error, ValueError, TypeError):
+                raise BadInputError(
+                    f"{where}: BYTES elements in JSON must be base64 strings of image files"
+                ) from None
+        elif datatype in _NUMERIC:
+            try:
+                data = np.asarray(flat, dtype=_NUMERIC[datatype]).reshape(shape)
+            except (TypeError, ValueError):
+                raise BadInputError(
+                    f"{where}: {len(flat)} values do not fit shape {shape} of {datatype}"
+                ) from None
+        else:
+            raise BadInputError(f"{where}: datatype {datatype} is not supported")
+    if datatype == "BYTES" and len(data) != _count(shape):
+        raise BadInputError(f"{where}: {len(data)} BYTES elements do not match shape {shape}")
+    return InputTensor(name, datatype, shape, data), offset
+
+
+def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Parse a v2 infer body; ``header_length`` is ``Inference-Header-Content-Length`` when present."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise BadInputError(
+            f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes"
+        )
+    json_part = body[:header_length] if header_length is not None else body
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    try:
+        payload = json.loads(json_part)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(
+            f"the request's JSON header is not valid JSON ({exc.args[0] if exc.args else exc})"
+        ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
+        raise BadInputError('expected a JSON object with a non-empty "inputs" array')
+    inputs, offset = [], 0
+    for index, raw in enumerate(payload["inputs"]):
+        tensor, offset = _parse_input(raw, index, binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise BadInputError(
+            f"{len(binary) - offset} binary bytes after the inputs are not claimed by any binary_data_size"
+        )
+    outputs = []
+    for raw in payload.get("outputs") or []:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise BadInputError("each requested output needs a name")
+        parameters = raw.get("parameters") or {}
+        classification = parameters.get("classification")
+        if classification is not None and (not isinstance(classification, int) or classification < 1):
+            raise BadInputError(f"output {raw['name']!r}: classification must be a positive integer")
+        binary_flag = parameters.get("binary_data")
+        outputs.append(
+            OutputRequest(raw["name"], None if binary_flag is None else bool(binary_flag), classification)
+        )
+    request_id = payload.get("id")
+    parameters = payload.get("parameters") or {}
+    return InferRequest(
+        id=str(request_id) if request_id is not None else None,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(parameters.get("binary_data_output", False)),
+    )
+
+
+def encode_infer_response(
+    model_name: str, model_version: str, request_id: str | None, outputs: list[OutputTensor]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and extra headers (``Inference-Header-Content-Length`` when any output is binary)."""
+    described, chunks = [], []
+    for output in outputs:
+        entry: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
+        if output.binary:
+            raw = (
+                serialize_bytes(output.data)
+                if output.datatype == "BYTES"
+                else np.ascontiguousarray(
+                    output.data, dtype=np.dtype(_NUMERIC[output.datatype]).newbyteorder("<")
+                ).tobytes()
+            )
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif output.datatype == "BYTES":
+            entry["data"] = [e.decode("utf-8") for e in output.data]
+        else:
+            entry["data"] = np.asarray(output.data).ravel().tolist()
+        described.append(entry)
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": described}
+    if request_id is not None:
+        header["id"] = request_id
+    json_part = json.dumps(header, separators=(",", ":")).encode()
+    if not chunks:
+        return json_part, {"content-type": "application/json"}
+    return json_part + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(json_part)),
+    }
