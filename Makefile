@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint format bench-train clean
+.PHONY: venv demo serve test lint format bench-train clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+	$(BIN)/python scripts/demo.py
+
+serve: venv
+	$(BIN)/imgcls serve --model-repo models
 
 test: venv
 	$(BIN)/python -m pytest

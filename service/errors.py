@@ -9,6 +9,7 @@ __all__ = [
     "BundleError",
     "DeadlineExceededError",
     "ImgclsError",
+    "InferenceFailedError",
     "ModelNotFoundError",
     "ModelNotReadyError",
     "PayloadTooLargeError",
@@ -60,6 +61,12 @@ class DeadlineExceededError(ServiceError):
     """The request's deadline passed while its images were still queued."""
 
     status = 504
+
+
+class InferenceFailedError(ServiceError):
+    """The runtime raised while computing a batch; every request in that batch gets this."""
+
+    status = 500
 
 
 class RuntimeUnavailableError(ImgclsError):

@@ -92,9 +92,15 @@ class OnnxRuntime(Runtime):
 class TorchScriptRuntime(Runtime):
     name = "torchscript"
 
-    def __init__(self, path: Path, *, device: str = "cpu", half: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, device: str = "cpu", half: bool = False, intra_op_threads: int | None = None
+    ) -> None:
         import torch
 
+        if intra_op_threads:
+            torch.set_num_threads(
+                intra_op_threads
+            )  # process-wide in torch: the service sets one value for all
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeUnavailableError("no CUDA device for TorchScript on cuda")
         with warnings.catch_warnings():
@@ -169,7 +175,7 @@ def _build(
     if name == "onnxruntime":
         return OnnxRuntime(path, device=device, intra_op_threads=threads)
     if name == "torchscript":
-        return TorchScriptRuntime(path, device=device, half=device == "cuda")
+        return TorchScriptRuntime(path, device=device, half=device == "cuda", intra_op_threads=threads)
     return TensorRTRuntime(path, precision=artifact.precision)
 
 

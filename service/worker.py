@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from service.batcher import BatchStats, DynamicBatcher
-from service.errors import BadInputError, ModelNotReadyError
+from service.errors import BadInputError, InferenceFailedError, ModelNotReadyError
 from service.preprocess import Preprocessor
 from service.repository import BundleRef
 from service.runtimes import Runtime, choose_runtime
@@ -119,9 +119,15 @@ class ModelWorker:
 
     async def _run_batch(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
         batch = np.stack(payloads)
-        probabilities = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.runtime.infer, batch
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            probabilities = await loop.run_in_executor(self._executor, self.runtime.infer, batch)
+        except Exception as exc:
+            log.exception("%s v%d: inference failed on a batch of %d", self.name, self.version, len(payloads))
+            raise InferenceFailedError(
+                f"inference failed for {self.name} v{self.version} ({type(exc).__name__}); "
+                "the server log has the details"
+            ) from exc
         return list(probabilities)
 
     def require_ready(self) -> DynamicBatcher:

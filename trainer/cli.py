@@ -214,6 +214,26 @@ def serve(
     )
 
 
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option(help="Model name in the repository.")] = "digits",
+    version: Annotated[int | None, typer.Option(help="Model version (default: the highest ready).")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+    multipart: Annotated[bool, typer.Option(help="Upload as multipart/form-data instead of JSON.")] = False,
+) -> None:
+    """Send images to a running `imgcls serve` and print the predicted classes."""
+    from service.client import predict_files
+
+    answer = predict_files(url, model, files, version=version, top_k=top_k, multipart=multipart)
+    width = max(len(str(f)) for f in files)
+    for path, prediction in zip(files, answer["predictions"], strict=True):
+        ranked = "  ".join(f"{p['label']} {p['score']:.3f}" for p in prediction["top_k"])
+        typer.echo(f"{path!s:<{width}}  {prediction['label']:<8} {ranked}")
+    typer.echo(f"model {answer['model_name']} v{answer['model_version']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
     # Our progress lines at INFO; libraries (the ONNX exporter's passes, tensorboard) only when they warn.
