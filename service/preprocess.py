@@ -11,12 +11,12 @@ import io
 import warnings
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as F
 
 from service.errors import BadInputError
 from trainer.manifest import PreprocessSpec
-from trainer.transforms import decode_converted, eval_transform
+from trainer.transforms import decode_to_tensor, eval_transform
 
 __all__ = ["ACCEPTED_FORMATS", "Preprocessor"]
 
@@ -31,7 +31,8 @@ class Preprocessor:
         self.max_image_pixels = max_image_pixels
         self._transform = eval_transform(spec)
 
-    def decode(self, data: bytes) -> Image.Image:
+    def decode(self, data: bytes) -> torch.Tensor:
+        """Encoded bytes -> uint8 ``[C, H, W]`` in the bundle's colour mode; :class:`BadInputError` if not an image."""
         if not data:
             raise BadInputError("empty image: the request carried zero bytes for it")
         try:
@@ -49,7 +50,7 @@ class Preprocessor:
                         "downscale it before sending"
                     )
                 image.seek(0)  # GIF and multi-frame images: the first frame
-                return decode_converted(image, self.spec.color_mode)
+                return decode_to_tensor(image, data, self.spec.color_mode)
         except BadInputError:
             raise
         except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -62,5 +63,4 @@ class Preprocessor:
             ) from None
 
     def __call__(self, data: bytes) -> np.ndarray:
-        tensor = F.pil_to_tensor(self.decode(data))
-        return self._transform(tensor).numpy()
+        return self._transform(self.decode(data)).numpy()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,35 @@ def test_load_image_returns_uint8_chw(tmp_path: Path):
     tensor = load_image(path, "RGB")
     assert tensor.dtype == torch.uint8 and tuple(tensor.shape) == (3, 6, 9)
     assert int(tensor.max()) == 200
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("color_mode", ["RGB", "L"])
+def test_the_fast_jpeg_path_is_pixel_identical_to_pillow(
+    subsampling: int, progressive: bool, color_mode: str
+):
+    """decode_to_tensor's torchvision path must equal a plain Pillow decode, EXIF orientation included."""
+    from torchvision.transforms.v2 import functional as F
+
+    from trainer.transforms import decode_converted, decode_to_tensor
+
+    rng = np.random.default_rng(subsampling)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(
+        buffer,
+        format="JPEG",
+        quality=85,
+        subsampling=subsampling,
+        progressive=progressive,
+        exif=exif.tobytes(),
+    )
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as image:
+        fast = decode_to_tensor(image, data, color_mode)
+    with Image.open(io.BytesIO(data)) as image:
+        pillow = F.pil_to_tensor(decode_converted(image, color_mode))
+    assert tuple(fast.shape) == (3 if color_mode == "RGB" else 1, 53, 37)
+    torch.testing.assert_close(fast, pillow, rtol=0, atol=0)
