@@ -40,7 +40,9 @@ __all__ = [
 # torch<2.15 (see pyproject.toml), and its decode_jpeg is the fastest exact JPEG decoder we measured;
 # filtered once here (process-wide: decoding runs on several threads) rather than on every image.
 warnings.filterwarnings(
-    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,7 +107,7 @@ def decode_converted(image: Image.Image, color_mode: str) -> Image.Image:
 def decode_to_tensor(image: Image.Image, data: bytes, color_mode: str) -> torch.Tensor:
     """``data`` (already opened as ``image``, header only) -> uint8 ``[C, H, W]`` in ``color_mode``.
 
-    RGB and grayscale JPEGs go through ``torchvision.io.decode_jpeg`` (libjpeg-turbo, about 1.7x
+    RGB and grayscale JPEGs go through ``torchvision.io.decode_jpeg`` (libjpeg-turbo, 1.4-1.7x
     faster than Pillow here and pixel-identical to Pillow's output, EXIF orientation included; see
     tests/unit/test_transforms.py); everything else, and any JPEG it refuses, through Pillow.
     """
