@@ -6,6 +6,7 @@ imgcls serve --model-repo models/             (the same, with CLI flags)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,18 +34,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.registry = ModelRegistry(settings)
-        app.state.started = False
-        await app.state.registry.load()
-        app.state.started = True
+        registry = ModelRegistry(settings)
+        registry.scan()  # a missing repository stops start-up here, with its message
+        app.state.registry = registry
+        # Models load in the background so /healthz answers at once and /readyz reports progress.
+        loading = asyncio.create_task(registry.load_all(), name="load-models")
         try:
             yield
         finally:
-            await app.state.registry.stop(drain=True)
+            if not loading.done():
+                loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await registry.stop(drain=True)
 
     app = FastAPI(title="imgcls", version=trainer.__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.started = False
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(ServiceError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from service.errors import ModelNotFoundError
@@ -20,17 +21,23 @@ class ModelRegistry:
             max_workers=settings.decode_threads, thread_name_prefix="decode"
         )
         self.workers: dict[str, dict[int, ModelWorker]] = {}
+        self.loaded = asyncio.Event()  # set once every bundle has been tried
 
-    async def load(self) -> None:
-        """Verify and load every bundle; one that fails stays listed, not ready, with its reason."""
+    def scan(self) -> None:
+        """Find and verify every bundle (fast: no model is loaded yet); raises if the repository is missing."""
         for ref in self.repository.scan():
             worker = ModelWorker(
                 ref, self.settings.for_model(ref.name), self.decode_pool, self.settings.max_image_pixels
             )
             self.workers.setdefault(ref.name, {})[ref.version] = worker
-        for versions in self.workers.values():
-            for worker in versions.values():
+
+    async def load_all(self) -> None:
+        """Load and warm up every verified bundle; one that fails stays listed, not ready, with its reason."""
+        try:
+            for worker in self.all():
                 await worker.load()  # one at a time: loading in parallel only fights over the cores
+        finally:
+            self.loaded.set()
 
     @property
     def names(self) -> list[str]:
@@ -41,8 +48,8 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """Every version that verified has loaded and warmed up (failed bundles do not hold readiness back)."""
-        return all(w.ready for w in self.all() if w.ref.ok)
+        """Every bundle has been tried and every one that verified is loaded and warm (failures don't block)."""
+        return self.loaded.is_set() and all(w.ready for w in self.all() if w.state != "failed")
 
     def get(self, name: str, version: int | None = None) -> ModelWorker:
         versions = self.workers.get(name)

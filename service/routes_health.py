@@ -20,5 +20,5 @@ async def healthz() -> dict:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     models = {f"{w.name}/{w.version}": w.state for w in registry(request).all()}
-    ready = request.app.state.started and registry(request).ready
+    ready = registry(request).ready
     return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)

@@ -99,7 +99,7 @@ async def live() -> dict:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    is_ready = request.app.state.started and registry(request).ready
+    is_ready = registry(request).ready
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,18 @@ def settings(model_repo: Path) -> Settings:
     )
 
 
+def wait_ready(test_client: TestClient, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while test_client.get("/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            pytest.fail(f"not ready after {timeout_s} s: {test_client.get('/readyz').json()}")
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def client(settings: Settings):
     with TestClient(create_app(settings)) as test_client:
+        wait_ready(test_client)
         yield test_client
 
 

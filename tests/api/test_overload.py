@@ -66,6 +66,7 @@ def _run(settings, scenario):
     async def main():
         app = create_app(settings)
         async with app.router.lifespan_context(app):
+            await app.state.registry.loaded.wait()
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
                 return await scenario(app, http)
@@ -168,3 +169,40 @@ def test_until_disconnect_cancels_the_work_when_the_client_leaves():
         return work_cancelled.is_set()
 
     assert asyncio.run(scenario())
+
+
+def test_health_answers_at_once_while_models_are_still_warming_up(settings, monkeypatch):
+    real = worker_module.choose_runtime
+    made: list[GatedRuntime] = []
+
+    def choose(*args, **kwargs):
+        runtime = GatedRuntime(real(*args, **kwargs))  # gate closed: warm-up waits
+        made.append(runtime)
+        return runtime
+
+    monkeypatch.setattr(worker_module, "choose_runtime", choose)
+
+    async def scenario(app, http):
+        while not made:
+            await asyncio.sleep(0.01)
+        health = await http.get("/healthz")
+        not_ready = await http.get("/readyz")
+        v2_not_ready = await http.get("/v2/health/ready")
+        early = await http.post("/v1/models/tiny:predict", json=_body(0))
+        made[0].gate.set()
+        await app.state.registry.loaded.wait()
+        return health, not_ready, v2_not_ready, early, await http.get("/readyz")
+
+    async def main():
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
+                return await scenario(app, http)
+
+    health, not_ready, v2_not_ready, early, ready = asyncio.run(main())
+    assert health.status_code == 200
+    assert not_ready.status_code == 503 and not_ready.json()["models"] == {"tiny/1": "loading"}
+    assert v2_not_ready.status_code == 503
+    assert early.status_code == 503 and "is loading" in early.json()["error"]
+    assert ready.status_code == 200

@@ -8,9 +8,10 @@ import base64
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.api.conftest import class_image
+from tests.api.conftest import class_image, wait_ready
 
 
 def _instances(*images: bytes) -> dict:
@@ -118,7 +119,24 @@ def test_a_body_over_the_limit_is_413(model_repo, settings):
 
     small = settings.model_copy(update={"max_body_bytes": 4096})
     with TestClient(create_app(small)) as client:
+        wait_ready(client)
         response = client.post("/v1/models/tiny:predict", json=_instances(b"x" * 10_000))
+        assert response.status_code == 413
+        assert "over the limit of 4096 bytes" in response.json()["error"]
+
+
+def test_a_streamed_body_without_content_length_is_cut_off_at_the_limit(model_repo, settings):
+    small = settings.model_copy(update={"max_body_bytes": 4096})
+
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+
+    with TestClient(create_app(small)) as client:
+        wait_ready(client)
+        response = client.post(
+            "/v1/models/tiny:predict", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert response.status_code == 413
         assert "over the limit of 4096 bytes" in response.json()["error"]
 
@@ -136,6 +154,7 @@ def test_a_broken_bundle_is_listed_not_ready_and_the_service_still_serves(model_
     shutil.copytree(model_repo / "tiny" / "1", model_repo / "tiny" / "2")
     (model_repo / "tiny" / "2" / "model.onnx").write_bytes(b"corrupt")
     with TestClient(create_app(settings)) as client:
+        wait_ready(client)
         described = client.get("/v1/models/tiny").json()
         assert described["versions"][1]["ready"] is False
         assert "manifest says tiny v1 but the folder is tiny/2" in described["versions"][1]["error"]
@@ -156,6 +175,7 @@ def test_concurrent_requests_are_batched_and_answered_correctly_in_order(setting
     async def scenario():
         app = create_app(settings)
         async with app.router.lifespan_context(app):
+            await app.state.registry.loaded.wait()
             worker = app.state.registry.get("tiny")
             sizes: list[int] = []
             worker.on_batch.append(lambda _w, stats: sizes.append(stats.size))

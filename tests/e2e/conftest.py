@@ -10,6 +10,7 @@ import pytest
 import uvicorn
 
 from service.app import create_app
+from service.client import wait_until_ready
 from service.settings import BatchingSettings, Settings
 
 
@@ -35,6 +36,7 @@ def server_url(tiny_bundle, tmp_path_factory: pytest.TempPathFactory):
             pytest.fail("the live server did not start")
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
+    wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=60)
     yield f"127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=15)
