@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings)
-        registry.scan()  # a missing repository stops start-up here, with its message
+        registry.repository.require_root()  # a missing repository stops start-up here, with its message
         app.state.registry = registry
         # Models load in the background so /healthz answers at once and /readyz reports progress.
         loading = asyncio.create_task(registry.load_all(), name="load-models")

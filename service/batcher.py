@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from service.errors import DeadlineExceededError, QueueFullError
+from service.errors import BadInputError, DeadlineExceededError, QueueFullError
 
 __all__ = ["BatchRunner", "BatchStats", "DynamicBatcher"]
+
+log = logging.getLogger("imgcls.batcher")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -79,6 +82,16 @@ class DynamicBatcher(Generic[In, Out]):
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="dynamic-batcher")
+            self._task.add_done_callback(self._on_loop_exit)
+
+    def _on_loop_exit(self, task: asyncio.Task) -> None:
+        """If the loop ever dies, fail what is queued and refuse new work instead of hanging callers."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("dynamic batcher stopped unexpectedly", exc_info=task.exception())
+        self._closing = True
+        for item in self._take(self._queued):
+            item.future.set_exception(RuntimeError("the model's batcher stopped; see the server log"))
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting work; with ``drain``, finish what is queued first, else cancel it."""
@@ -93,6 +106,20 @@ class DynamicBatcher(Generic[In, Out]):
             await self._task
             self._task = None
 
+    def check_capacity(self, count: int) -> None:
+        """Raise now if ``count`` more items could not be queued (callers check before costly preprocessing)."""
+        if count > self.max_queue_size:
+            raise BadInputError(
+                f"{count} images in one request can never fit this model's queue of {self.max_queue_size}; "
+                "split the request"
+            )
+        if self._closing:
+            raise QueueFullError("the model is shutting down; retry against another replica")
+        if self._queued + count > self.max_queue_size:
+            raise QueueFullError(
+                f"queue full ({self._queued} of {self.max_queue_size} images waiting); retry shortly"
+            )
+
     async def submit(self, payloads: Sequence[In], timeout_s: float | None = None) -> list[Out]:
         """Queue ``payloads`` and wait for their results, in order.
 
@@ -102,12 +129,7 @@ class DynamicBatcher(Generic[In, Out]):
         """
         if not payloads:
             return []
-        if self._closing:
-            raise QueueFullError("the model is shutting down; retry against another replica")
-        if self._queued + len(payloads) > self.max_queue_size:
-            raise QueueFullError(
-                f"queue full ({self._queued} of {self.max_queue_size} images waiting); retry shortly"
-            )
+        self.check_capacity(len(payloads))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [_Item(payload, loop.create_future(), now) for payload in payloads]
@@ -142,10 +164,12 @@ class DynamicBatcher(Generic[In, Out]):
         batch: list[_Item] = []
         while self._queue and len(batch) < count:
             item = self._queue.popleft()
-            if not item.in_queue:  # cancelled while queued: never computed
+            if not item.in_queue:  # cancelled while queued, already uncounted
                 continue
             item.in_queue = False
             self._queued -= 1
+            if item.future.done():  # cancelled, its callback not run yet: never computed
+                continue
             batch.append(item)
         return batch
 
@@ -158,9 +182,7 @@ class DynamicBatcher(Generic[In, Out]):
         if self._queued >= self.max_batch_size:
             return self.max_batch_size
         reachable = [s for s in self.preferred_batch_sizes if s <= self._queued]
-        if reachable and self._queued == reachable[-1]:
-            return reachable[-1]
-        return None
+        return reachable[-1] if reachable else None  # Triton: the largest preferred size the queue can fill
 
     async def _next_batch(self) -> list[_Item]:
         while True:
@@ -172,16 +194,24 @@ class DynamicBatcher(Generic[In, Out]):
                 await self._wakeup.wait()
                 continue
             size = self._target_size()
-            if size is not None:
-                return self._take(size)
             waited = time.monotonic() - self._queue[0].enqueued_at
             remaining = self.max_queue_delay_s - waited
-            if remaining <= 0 or self._closing:
-                reachable = [s for s in self.preferred_batch_sizes if s <= self._queued]
-                return self._take(reachable[-1] if reachable else self.max_batch_size)
+            if size is None and (remaining <= 0 or self._closing):
+                size = self.max_batch_size
+            if size is not None:
+                batch = self._take(size)
+                if batch:  # empty only if every taken item was cancelled a moment ago
+                    return batch
+                continue
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _notify(self, stats: BatchStats) -> None:
+        try:
+            self._on_batch(stats)
+        except Exception:  # an observer (metrics) must never stop batching
+            log.exception("batch observer failed")
 
     async def _loop(self) -> None:
         while True:
@@ -203,6 +233,6 @@ class DynamicBatcher(Generic[In, Out]):
                 if not item.future.done():
                     item.future.set_result(output)
             if self._on_batch is not None:
-                self._on_batch(
+                self._notify(
                     BatchStats(len(batch), [started - item.enqueued_at for item in batch], finished - started)
                 )

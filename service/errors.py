@@ -7,6 +7,7 @@ from trainer.errors import BundleError, ImgclsError
 __all__ = [
     "BadInputError",
     "BundleError",
+    "ClientDisconnectedError",
     "DeadlineExceededError",
     "ImgclsError",
     "InferenceFailedError",
@@ -61,6 +62,12 @@ class DeadlineExceededError(ServiceError):
     """The request's deadline passed while its images were still queued."""
 
     status = 504
+
+
+class ClientDisconnectedError(ServiceError):
+    """The client hung up while its images were queued; nobody reads this answer (499, as nginx logs it)."""
+
+    status = 499
 
 
 class InferenceFailedError(ServiceError):

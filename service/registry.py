@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from service.errors import ModelNotFoundError
-from service.repository import ModelRepository
+from service.errors import ModelNotFoundError, ModelNotReadyError
+from service.repository import BundleRef, ModelRepository
 from service.settings import Settings
 from service.worker import ModelWorker
 
@@ -22,18 +22,21 @@ class ModelRegistry:
         )
         self.workers: dict[str, dict[int, ModelWorker]] = {}
         self.loaded = asyncio.Event()  # set once every bundle has been tried
+        self.scanned = False
 
-    def scan(self) -> None:
-        """Find and verify every bundle (fast: no model is loaded yet); raises if the repository is missing."""
-        for ref in self.repository.scan():
+    def _add(self, refs: list[BundleRef]) -> None:
+        for ref in refs:
             worker = ModelWorker(
                 ref, self.settings.for_model(ref.name), self.decode_pool, self.settings.max_image_pixels
             )
             self.workers.setdefault(ref.name, {})[ref.version] = worker
+        self.scanned = True
 
     async def load_all(self) -> None:
-        """Load and warm up every verified bundle; one that fails stays listed, not ready, with its reason."""
+        """Verify (checksums: off the loop), load and warm up every bundle; failures stay listed with the reason."""
         try:
+            # Checksums are hashed on a thread; the workers are created here, on the loop that reads them.
+            self._add(await asyncio.to_thread(self.repository.scan))
             for worker in self.all():
                 await worker.load()  # one at a time: loading in parallel only fights over the cores
         finally:
@@ -53,6 +56,8 @@ class ModelRegistry:
 
     def get(self, name: str, version: int | None = None) -> ModelWorker:
         versions = self.workers.get(name)
+        if not versions and not self.scanned:
+            raise ModelNotReadyError("the model repository is still being verified; retry shortly")
         if not versions:
             raise ModelNotFoundError(
                 f"unknown model {name!r}; models served here: {', '.join(self.names) or 'none'}"

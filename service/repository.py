@@ -51,12 +51,15 @@ class ModelRepository:
         self.root = Path(root)
         self.bundles: dict[str, dict[int, BundleRef]] = {}
 
-    def scan(self) -> list[BundleRef]:
+    def require_root(self) -> None:
         if not self.root.is_dir():
             raise BundleError(
                 f"{self.root}: model repository not found; train and export a model first "
                 "(make demo writes models/digits/1) or set --model-repo / IMGCLS_MODEL_REPO"
             )
+
+    def scan(self) -> list[BundleRef]:
+        self.require_root()
         found: list[BundleRef] = []
         for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for version_dir in sorted(

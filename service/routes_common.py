@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+import zlib
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from service.errors import ServiceError
+from service.errors import (
+    BadInputError,
+    ClientDisconnectedError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
 from service.registry import ModelRegistry
 
-__all__ = ["error_response", "registry", "until_disconnect"]
+__all__ = ["decompress", "error_response", "off_loop", "registry", "until_disconnect"]
 
 log = logging.getLogger("imgcls.routes")
 
@@ -33,6 +40,30 @@ def registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+async def off_loop(request: Request, fn: Callable[..., T], *args: object) -> T:
+    """Run CPU-bound request parsing on the decode pool, keeping the event loop free."""
+    return await asyncio.get_running_loop().run_in_executor(registry(request).decode_pool, fn, *args)
+
+
+def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """Undo ``Content-Encoding: gzip|deflate`` (tritonclient's request compression), bounded by ``max_bytes``."""
+    if not encoding or encoding.lower() == "identity":
+        return body
+    kind = encoding.lower()
+    if kind not in ("gzip", "deflate"):
+        raise UnsupportedMediaTypeError(
+            f"content encoding {encoding!r} is not supported; send gzip, deflate or none"
+        )
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if kind == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise BadInputError(f"the {kind} body does not decompress ({exc})") from None
+    if len(data) > max_bytes or inflater.unconsumed_tail:
+        raise PayloadTooLargeError(f"the decompressed body is over the limit of {max_bytes} bytes")
+    return data
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it if the client goes away (its queued images are then never computed).
 
@@ -44,12 +75,13 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
-            task.cancel()
             log.info("client disconnected; dropped its queued images")
-            raise asyncio.CancelledError
+            raise ClientDisconnectedError("the client closed the connection before the answer was ready")
         return task.result()
     finally:
         watcher.cancel()
+        if not task.done():
+            task.cancel()  # the client left, or this handler was cancelled: drop the queued work
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from service.errors import BadInputError, UnsupportedMediaTypeError
-from service.routes_common import registry, until_disconnect
+from service.routes_common import off_loop, registry, until_disconnect
 from service.worker import ModelWorker
 
 __all__ = ["router"]
@@ -51,6 +51,8 @@ def _parse_top_k(parameters: object, num_classes: int) -> int:
 def _decode_instances(body: bytes) -> tuple[list[bytes], object]:
     try:
         payload = json.loads(body)
+    except RecursionError:
+        raise BadInputError("body JSON is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(f"body is not valid JSON ({exc.args[0] if exc.args else exc})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
@@ -78,10 +80,12 @@ async def _read_images(request: Request) -> tuple[list[bytes], object]:
                     raise BadInputError('multipart field "file" must carry a file, not text')
                 images.append(await item.read())
             top_k = form.get("top_k")
-        parameters = {"top_k": int(top_k)} if isinstance(top_k, str) and top_k.isdigit() else None
+        parameters = (
+            {"top_k": int(top_k)} if isinstance(top_k, str) and top_k.isascii() and top_k.isdigit() else None
+        )
         return images, parameters
     if content_type in ("application/json", ""):
-        return _decode_instances(await request.body())
+        return await off_loop(request, _decode_instances, await request.body())  # big JSON: not on the loop
     raise UnsupportedMediaTypeError(
         f"content type {content_type!r} is not accepted here; send application/json or multipart/form-data"
     )

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 import trainer
 from service.errors import BadInputError
-from service.routes_common import registry, until_disconnect
+from service.routes_common import decompress, off_loop, registry, until_disconnect
 from service.v2_codec import InferRequest, OutputTensor, encode_infer_response, parse_infer_request
 from service.worker import ModelWorker
 
@@ -104,7 +104,7 @@ async def ready(request: Request) -> JSONResponse:
 
 
 def _worker(request: Request, name: str, version: str | None) -> ModelWorker:
-    if version is not None and not version.isdigit():
+    if version is not None and not (version.isascii() and version.isdigit()):
         raise BadInputError(f"version must be a positive integer, got {version!r}")
     return registry(request).get(name, int(version) if version is not None else None)
 
@@ -204,22 +204,28 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     worker = _worker(request, name, version)
     worker.require_ready()
     header = request.headers.get("inference-header-content-length")
-    if header is not None and not header.isdigit():
+    if header is not None and not (header.isascii() and header.isdigit()):
         raise BadInputError(f"Inference-Header-Content-Length must be an integer, got {header!r}")
-    parsed = parse_infer_request(await request.body(), int(header) if header is not None else None)
+    body = decompress(
+        await request.body(),
+        request.headers.get("content-encoding"),
+        request.app.state.settings.max_body_bytes,
+    )
+    # Parsing a large JSON body takes real time: off the event loop, on the decode pool.
+    parsed = await off_loop(request, parse_infer_request, body, int(header) if header is not None else None)
     input_name, data = _select_input(parsed, worker, request.app.state.settings.max_images_per_request)
     _check_outputs(parsed)  # before computing anything
     if input_name == "image":
-        probabilities = await until_disconnect(request, worker.predict_images(list(data)))
+        probabilities = await until_disconnect(request, worker.predict_images(list(data), parsed.timeout_s))
     else:
         probabilities = await until_disconnect(
-            request, worker.predict_pixels(np.asarray(data, dtype=np.float32))
+            request, worker.predict_pixels(np.asarray(data, dtype=np.float32), parsed.timeout_s)
         )
-    body, headers = encode_infer_response(
+    content, headers = encode_infer_response(
         name, str(worker.version), parsed.id, _outputs(parsed, worker, probabilities)
     )
     return Response(
-        content=body,
+        content=content,
         headers={k: v for k, v in headers.items() if k != "content-type"},
         media_type=headers["content-type"],
     )

@@ -61,6 +61,9 @@ class InferRequest:
     inputs: list[InputTensor]
     outputs: list[OutputRequest] = field(default_factory=list)
     binary_output: bool = False  # request-level "binary_data_output"
+    timeout_s: float | None = (
+        None  # request-level "timeout" (microseconds on the wire, as tritonclient sends it)
+    )
 
 
 @dataclass
@@ -90,6 +93,15 @@ def deserialize_bytes(raw: bytes, where: str) -> list[bytes]:
     return elements
 
 
+def _parameters(owner: dict, where: str) -> dict:
+    parameters = owner.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadInputError(f"{where}: parameters must be an object, got {type(parameters).__name__}")
+    return parameters
+
+
 def _count(shape: list[int]) -> int:
     total = 1
     for dim in shape:
@@ -112,7 +124,7 @@ def _parse_input(raw: dict, index: int, binary: memoryview, offset: int) -> tupl
         raise BadInputError(f"inputs[{index}] needs a string name and datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise BadInputError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
-    size = (raw.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(raw, where).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise BadInputError(
@@ -163,6 +175,8 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     try:
         payload = json.loads(json_part)
+    except RecursionError:
+        raise BadInputError("the request's JSON is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(
             f"the request's JSON header is not valid JSON ({exc.args[0] if exc.args else exc})"
@@ -181,7 +195,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     for raw in payload.get("outputs") or []:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise BadInputError("each requested output needs a name")
-        parameters = raw.get("parameters") or {}
+        parameters = _parameters(raw, f"output {raw['name']!r}")
         classification = parameters.get("classification")
         if classification is not None and (not isinstance(classification, int) or classification < 1):
             raise BadInputError(f"output {raw['name']!r}: classification must be a positive integer")
@@ -190,12 +204,20 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
             OutputRequest(raw["name"], None if binary_flag is None else bool(binary_flag), classification)
         )
     request_id = payload.get("id")
-    parameters = payload.get("parameters") or {}
+    parameters = _parameters(payload, "the request")
+    timeout_us = parameters.get("timeout")
+    if timeout_us is not None and (
+        not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0
+    ):
+        raise BadInputError(
+            f"parameters.timeout must be a positive integer of microseconds, got {timeout_us!r}"
+        )
     return InferRequest(
         id=str(request_id) if request_id is not None else None,
         inputs=inputs,
         outputs=outputs,
         binary_output=bool(parameters.get("binary_data_output", False)),
+        timeout_s=timeout_us / 1e6 if timeout_us is not None else None,
     )
 
 

@@ -81,8 +81,12 @@ class ModelWorker:
         )
         if self.settings.warmup:
             shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
-            for size in warmup_sizes(self.settings.batching.max_batch_size):
-                runtime.infer(np.zeros((size, *shape), dtype=np.float32))
+            try:
+                for size in warmup_sizes(self.settings.batching.max_batch_size):
+                    runtime.infer(np.zeros((size, *shape), dtype=np.float32))
+            except BaseException:
+                runtime.close()  # do not leak a half-warmed runtime (GPU memory)
+                raise
         return runtime
 
     async def load(self) -> None:
@@ -90,8 +94,16 @@ class ModelWorker:
             log.error("%s v%d not loaded: %s", self.name, self.version, self.error)
             return
         loop = asyncio.get_running_loop()
+        loading = loop.run_in_executor(self._executor, self._load_and_warm)
         try:
-            self.runtime = await loop.run_in_executor(self._executor, self._load_and_warm)
+            self.runtime = await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            # Shut down mid-load: the executor thread finishes, then its runtime is closed there.
+            self.state = "stopped"
+            loading.add_done_callback(
+                lambda f: None if f.cancelled() or f.exception() else self._executor.submit(f.result().close)
+            )
+            raise
         except ImgclsError as exc:
             self.state, self.error = "failed", str(exc)
             log.error("%s v%d not loaded: %s", self.name, self.version, exc)
@@ -117,11 +129,13 @@ class ModelWorker:
         for observer in self.on_batch:
             observer(self, stats)
 
+    def _infer(self, payloads: list[np.ndarray]) -> np.ndarray:
+        return self.runtime.infer(np.stack(payloads))  # stacking too stays off the event loop
+
     async def _run_batch(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
-        batch = np.stack(payloads)
         loop = asyncio.get_running_loop()
         try:
-            probabilities = await loop.run_in_executor(self._executor, self.runtime.infer, batch)
+            probabilities = await loop.run_in_executor(self._executor, self._infer, payloads)
         except Exception as exc:
             log.exception("%s v%d: inference failed on a batch of %d", self.name, self.version, len(payloads))
             raise InferenceFailedError(
@@ -150,6 +164,7 @@ class ModelWorker:
 
     async def predict_images(self, images: list[bytes], timeout_s: float | None = None) -> np.ndarray:
         batcher = self.require_ready()
+        batcher.check_capacity(len(images))  # a full queue answers 503 before any decoding
         arrays = await self.preprocess(images)
         return np.stack(await batcher.submit(arrays, timeout_s or self.default_timeout_s))
 
@@ -177,8 +192,10 @@ class ModelWorker:
     async def stop(self, drain: bool = True) -> None:
         if self.batcher is not None:
             await self.batcher.stop(drain=drain)
-        if self.state == "ready":
+        if self.state in ("ready", "loading"):
             self.state = "stopped"
+        loop = asyncio.get_running_loop()
         if self.runtime is not None:
-            self.runtime.close()
-        self._executor.shutdown(wait=False)
+            await loop.run_in_executor(self._executor, self.runtime.close)  # the runtime's own thread
+            self.runtime = None
+        await asyncio.to_thread(self._executor.shutdown, wait=True)

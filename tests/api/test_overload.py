@@ -142,6 +142,7 @@ def test_a_failing_runtime_answers_500_without_internals(settings, gated):
 def test_until_disconnect_cancels_the_work_when_the_client_leaves():
     from starlette.requests import Request
 
+    from service.errors import ClientDisconnectedError
     from service.routes_common import until_disconnect
 
     async def scenario():
@@ -164,7 +165,7 @@ def test_until_disconnect_cancels_the_work_when_the_client_leaves():
         waiting = asyncio.create_task(until_disconnect(request, work()))
         await asyncio.sleep(0.01)
         left.set()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(ClientDisconnectedError):
             await waiting
         return work_cancelled.is_set()
 

@@ -151,13 +151,17 @@ def test_a_broken_bundle_is_listed_not_ready_and_the_service_still_serves(model_
 
     from fastapi.testclient import TestClient
 
+    from trainer.manifest import MANIFEST_FILENAME, load_manifest
+
     shutil.copytree(model_repo / "tiny" / "1", model_repo / "tiny" / "2")
-    (model_repo / "tiny" / "2" / "model.onnx").write_bytes(b"corrupt")
+    manifest = load_manifest(model_repo / "tiny" / "1").model_copy(update={"version": 2})
+    (model_repo / "tiny" / "2" / MANIFEST_FILENAME).write_text(manifest.to_json())
+    (model_repo / "tiny" / "2" / "model.onnx").write_bytes(b"corrupt")  # checksum no longer matches
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         described = client.get("/v1/models/tiny").json()
         assert described["versions"][1]["ready"] is False
-        assert "manifest says tiny v1 but the folder is tiny/2" in described["versions"][1]["error"]
+        assert "model.onnx: size 7 bytes, manifest says" in described["versions"][1]["error"]
         assert (
             client.get("/readyz").status_code == 200
         )  # a bundle that failed verification does not block readiness

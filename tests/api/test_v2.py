@@ -248,3 +248,53 @@ def test_unknown_model_is_404_in_v2_too(client):
     response = client.post("/v2/models/nope/infer", json=_image_input())
     assert response.status_code == 404
     assert client.get("/v2/models/tiny/versions/4/ready").status_code == 404
+
+
+def test_non_object_parameters_are_400_not_500(client):
+    body = {
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="], "parameters": 5}]
+    }
+    response = client.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 400
+    assert "parameters must be an object" in response.json()["error"]
+    response = client.post(
+        "/v2/models/tiny/infer",
+        json={
+            **body,
+            "inputs": [{**body["inputs"][0], "parameters": None}],
+            "parameters": {"timeout": -1},
+        },
+    )
+    assert response.status_code == 400
+    assert "timeout must be a positive integer of microseconds" in response.json()["error"]
+
+
+def test_unsupported_content_encoding_is_415(client):
+    response = client.post("/v2/models/tiny/infer", content=b"x", headers={"content-encoding": "br"})
+    assert response.status_code == 415
+
+
+def test_a_deadline_from_the_timeout_parameter_applies(client, monkeypatch):
+    import service.worker as worker_module
+
+    seen = []
+    original = worker_module.ModelWorker.predict_images
+
+    async def spy(self, images, timeout_s=None):
+        seen.append(timeout_s)
+        return await original(self, images, timeout_s)
+
+    monkeypatch.setattr(worker_module.ModelWorker, "predict_images", spy)
+    body = {
+        "parameters": {"timeout": 250_000},
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(class_image(0)).decode()],
+            }
+        ],
+    }
+    assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+    assert seen == [0.25]

@@ -85,3 +85,18 @@ def test_concurrent_async_requests_all_succeed(client):
         pending.append(client.async_infer("tiny", [infer_input]))
     results = [p.get_result() for p in pending]
     assert all(r.as_numpy("probabilities").shape == (1, 3) for r in results)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_are_accepted(client, algorithm: str):
+    infer_input = httpclient.InferInput("image", [2], "BYTES")
+    infer_input.set_data_from_numpy(_images(0, 1), binary_data=True)
+    result = client.infer("tiny", [infer_input], request_compression_algorithm=algorithm)
+    assert result.as_numpy("probabilities").shape == (2, 3)
+
+
+def test_the_request_timeout_parameter_is_honoured(client):
+    infer_input = httpclient.InferInput("image", [1], "BYTES")
+    infer_input.set_data_from_numpy(_images(0), binary_data=True)
+    # a generous timeout passes; the parameter reaches the server as microseconds and is validated there
+    assert client.infer("tiny", [infer_input], timeout=5_000_000).as_numpy("probabilities").shape == (1, 3)

@@ -260,3 +260,44 @@ def test_stop_without_drain_fails_queued_work_fast():
         await stopping
 
     run(scenario)
+
+
+def test_a_preferred_size_is_sent_at_once_even_when_a_request_overshoots_it():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=8, max_queue_delay_ms=200, preferred_batch_sizes=[2])
+        pending = asyncio.create_task(b.submit([1, 2, 3]))
+        await asyncio.sleep(0.05)
+        assert runner.batches == [[1, 2]]  # sent at once; the leftover image waits for the delay
+        assert await pending == [2, 4, 6]
+        assert runner.batches == [[1, 2], [3]]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_failing_observer_does_not_stop_batching():
+    async def scenario():
+        def broken(stats):
+            raise ValueError("metrics bug")
+
+        runner = FakeRunner()
+        b = DynamicBatcher(runner, max_batch_size=2, max_queue_delay_ms=0, max_queue_size=8, on_batch=broken)
+        b.start()
+        assert await b.submit([1]) == [2]
+        assert await b.submit([2]) == [4]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_request_larger_than_the_whole_queue_is_bad_input_not_retryable():
+    from service.errors import BadInputError
+
+    async def scenario():
+        b = batcher(FakeRunner(), max_queue_size=4)
+        with pytest.raises(BadInputError, match="can never fit this model's queue of 4"):
+            await b.submit([1, 2, 3, 4, 5])
+        await b.stop()
+
+    run(scenario)
