@@ -79,13 +79,12 @@ def tiny_config(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
-    """A real bundle (TorchScript + ONNX) from a 2-epoch run on generated images: (bundle_dir, run_dir)."""
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """One real 2-epoch run on generated images, shared by the session: (TrainResult, its root folder)."""
     from trainer.config import load_config
-    from trainer.export import export_bundle
     from trainer.train import train
 
-    root = tmp_path_factory.mktemp("bundle")
+    root = tmp_path_factory.mktemp("tiny-run")
     data = root / "tiny"
     for label in range(3):
         for index in range(12):
@@ -106,6 +105,14 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
             "export.parity_samples=8",
         ],
     )
-    result = train(config, config_name="tiny")
-    exported = export_bundle(result.run_dir, name="tiny")
+    return train(config, config_name="tiny"), root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run):
+    """A real bundle (TorchScript + ONNX) exported from ``tiny_run``: (bundle_dir, run_dir)."""
+    from trainer.export import export_bundle
+
+    result, root = tiny_run
+    exported = export_bundle(result.run_dir, out_dir=root / "bundles", name="tiny")
     return exported.bundle_dir, result.run_dir

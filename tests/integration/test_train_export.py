@@ -19,35 +19,10 @@ from trainer.rundir import RunDir
 from trainer.train import train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    """One real 2-epoch run shared by the export tests (training is the slow part)."""
-    from tests.conftest import make_image
-    from trainer.config import load_config
-
-    root = tmp_path_factory.mktemp("train")
-    data = root / "tiny"
-    for label in range(3):
-        for index in range(12):
-            make_image(data / f"class_{label}" / f"{index:03d}.png", label, index)
-    config = load_config(
-        None,
-        [
-            f"data.path={data}",
-            f"runs_dir={root / 'runs'}",
-            f"export.out_dir={root / 'models'}",
-            "run_name=tiny",
-            "preprocess.image_size=16",
-            "preprocess.resize=16",
-            "train.epochs=2",
-            "train.batch_size=8",
-            "data.val_fraction=0.2",
-            "data.test_fraction=0.2",
-            "export.parity_samples=8",
-        ],
-    )
-    result = train(config, config_name="tiny")
-    return result, root
+@pytest.fixture
+def trained(tiny_run):
+    """The session's real 2-epoch run (training is the slow part): (TrainResult, root folder)."""
+    return tiny_run
 
 
 def test_a_run_writes_every_record_a_user_audits(trained):
