@@ -38,12 +38,12 @@ def _shape(worker: ModelWorker) -> tuple[int, int, int]:
     return spec.channels, spec.height, spec.width
 
 
-def _metadata(worker: ModelWorker) -> dict:
+def _metadata(worker: ModelWorker, versions: list[int]) -> dict:
     worker.require_ready()
     channels, height, width = _shape(worker)
     return {
         "name": worker.name,
-        "versions": [str(worker.version)],
+        "versions": [str(v) for v in versions],
         "platform": _platform(worker),
         "inputs": [
             {"name": "image", "datatype": "BYTES", "shape": [-1]},
@@ -113,9 +113,7 @@ def _worker(request: Request, name: str, version: str | None) -> ModelWorker:
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
     worker = _worker(request, name, version)
-    metadata = _metadata(worker)
-    metadata["versions"] = [str(v) for v in sorted(registry(request).workers[name])]
-    return metadata
+    return _metadata(worker, sorted(registry(request).workers[name]))
 
 
 @router.get("/models/{name}/ready")
