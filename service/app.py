@@ -13,18 +13,36 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import start_http_server
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import trainer
 from service import routes_health, routes_v1, routes_v2
-from service.errors import ServiceError
+from service.errors import (
+    BadInputError,
+    DeadlineExceededError,
+    PayloadTooLargeError,
+    QueueFullError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
 from service.limits import BodyLimitMiddleware
+from service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from service.observe import RequestMetricsMiddleware
 from service.registry import ModelRegistry
 from service.routes_common import error_response, service_error_response
 from service.settings import Settings
 
 __all__ = ["create_app"]
+
+_REJECT_REASONS = {
+    QueueFullError: "queue_full",
+    DeadlineExceededError: "deadline",
+    BadInputError: "bad_input",
+    UnsupportedMediaTypeError: "bad_input",
+    PayloadTooLargeError: "too_large",
+}
 
 log = logging.getLogger("imgcls.app")
 
@@ -34,9 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(settings)
+        registry = ModelRegistry(settings, observers=[metrics])
         registry.repository.require_root()  # a missing repository stops start-up here, with its message
         app.state.registry = registry
+        live[:] = [registry]
+        metrics_server = None
+        if settings.metrics_port is not None:  # a separate port, e.g. kept off the public Service
+            metrics_server, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=metrics.registry
+            )
         # Models load in the background so /healthz answers at once and /readyz reports progress.
         loading = asyncio.create_task(registry.load_all(), name="load-models")
         try:
@@ -46,13 +70,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await registry.stop(drain=True)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+
+    largest_batch = max(
+        [settings.batching.max_batch_size]
+        + [o.max_batch_size for o in settings.models.values() if o.max_batch_size]
+    )
+    live: list[ModelRegistry] = []  # the registry, once the lifespan has made it
+    metrics = ServiceMetrics(largest_batch, workers=lambda: live[0].all() if live else [])
 
     app = FastAPI(title="imgcls", version=trainer.__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.state.metrics = metrics
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        on_reject=lambda: metrics.rejected.labels("", "", "too_large").inc(),
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        reason = _REJECT_REASONS.get(type(exc))
+        if reason is not None:
+            model, version = getattr(request.state, "model_labels", ("", ""))
+            metrics.rejected.labels(model, version, reason).inc()
         return service_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -70,6 +114,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error; the server log has the details")
+
+    if settings.metrics_port is None:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router)

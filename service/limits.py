@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,14 +15,19 @@ __all__ = ["BodyLimitMiddleware"]
 class BodyLimitMiddleware:
     """Answers 413 as soon as Content-Length, or the bytes actually received, pass ``max_body_bytes``."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, on_reject: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self._on_reject = on_reject  # counts the rejections this middleware answers itself
 
     def _message(self) -> str:
         return f"request body is over the limit of {self.max_body_bytes} bytes; send fewer or smaller images"
 
     async def _reject(self, send: Send) -> None:
+        if self._on_reject is not None:
+            self._on_reject()
         body = json.dumps({"error": self._message()}).encode()
         await send(
             {

@@ -14,8 +14,9 @@ __all__ = ["ModelRegistry"]
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observers: list | None = None) -> None:
         self.settings = settings
+        self.observers = list(observers or [])  # handed to every worker (metrics)
         self.repository = ModelRepository(settings.model_repo)
         self.decode_pool = ThreadPoolExecutor(
             max_workers=settings.decode_threads, thread_name_prefix="decode"
@@ -29,6 +30,7 @@ class ModelRegistry:
             worker = ModelWorker(
                 ref, self.settings.for_model(ref.name), self.decode_pool, self.settings.max_image_pixels
             )
+            worker.observers.extend(self.observers)
             self.workers.setdefault(ref.name, {})[ref.version] = worker
         self.scanned = True
 

@@ -112,6 +112,7 @@ async def model_status(name: str, request: Request) -> dict:
 
 async def _predict(request: Request, name: str, version: int | None) -> dict:
     worker = registry(request).get(name, version)
+    request.state.model_labels = (worker.name, str(worker.version))
     worker.require_ready()  # answer 503 before reading a body we cannot use
     images, parameters = await _read_images(request)
     if not images:

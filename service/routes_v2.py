@@ -200,6 +200,7 @@ def _outputs(parsed: InferRequest, worker: ModelWorker, probabilities: np.ndarra
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     worker = _worker(request, name, version)
+    request.state.model_labels = (worker.name, str(worker.version))
     worker.require_ready()
     header = request.headers.get("inference-header-content-length")
     if header is not None and not (header.isascii() and header.isdigit()):

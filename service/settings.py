@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     max_images_per_request: Annotated[int, Field(ge=1)] = 64
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000
-    warmup: bool = True  # run every batch size up to max_batch_size before reporting ready
+    warmup: bool = True  # run batch sizes 1, 2, 4, ... max_batch_size before reporting ready
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: /metrics on the main port
 
     def for_model(self, name: str) -> ModelSettings:
         overrides = self.models.get(name, ModelOverrides())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -23,11 +24,15 @@ from service.runtimes import Runtime, choose_runtime
 from service.settings import ModelSettings
 from trainer.errors import ImgclsError
 
-__all__ = ["ModelWorker", "warmup_sizes"]
+__all__ = ["ModelWorker", "NonFiniteOutputError", "warmup_sizes"]
 
 log = logging.getLogger("imgcls.worker")
 
 State = Literal["loading", "ready", "failed", "stopped"]
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The runtime returned NaN or inf for some images."""
 
 
 def warmup_sizes(max_batch_size: int) -> list[int]:
@@ -56,7 +61,8 @@ class ModelWorker:
         self._preprocess = (
             Preprocessor(ref.manifest.preprocess, max_image_pixels=max_image_pixels) if ref.ok else None
         )
-        self.on_batch: list = []  # observers of BatchStats (metrics)
+        # Observers (metrics): objects with batch(worker, BatchStats) and preprocessed(worker, seconds).
+        self.observers: list = []
 
     @property
     def name(self) -> str:
@@ -126,16 +132,27 @@ class ModelWorker:
         log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
 
     def _observe(self, stats: BatchStats) -> None:
-        for observer in self.on_batch:
-            observer(self, stats)
+        for observer in self.observers:
+            observer.batch(self, stats)
 
     def _infer(self, payloads: list[np.ndarray]) -> np.ndarray:
-        return self.runtime.infer(np.stack(payloads))  # stacking too stays off the event loop
+        probabilities = self.runtime.infer(np.stack(payloads))  # stacking too stays off the event loop
+        finite = np.isfinite(probabilities).all(axis=1)
+        if not finite.all():  # never hand NaN/inf to a client as a score
+            raise NonFiniteOutputError(
+                f"{int((~finite).sum())} of {len(payloads)} images got NaN or inf scores"
+            )
+        return probabilities
 
     async def _run_batch(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         try:
             probabilities = await loop.run_in_executor(self._executor, self._infer, payloads)
+        except NonFiniteOutputError as exc:
+            log.error("%s v%d: %s", self.name, self.version, exc)
+            raise InferenceFailedError(
+                f"inference for {self.name} v{self.version} produced non-finite scores (NaN or inf): {exc}"
+            ) from None
         except Exception as exc:
             log.exception("%s v%d: inference failed on a batch of %d", self.name, self.version, len(payloads))
             raise InferenceFailedError(
@@ -154,9 +171,16 @@ class ModelWorker:
         """Decode and transform on the decode pool; a bad image names its position."""
         loop = asyncio.get_running_loop()
 
+        def timed(data: bytes) -> np.ndarray:
+            started = time.perf_counter()
+            array = self._preprocess(data)
+            for observer in self.observers:
+                observer.preprocessed(self, time.perf_counter() - started)
+            return array
+
         async def one(index: int, data: bytes) -> np.ndarray:
             try:
-                return await loop.run_in_executor(self._decode_pool, self._preprocess, data)
+                return await loop.run_in_executor(self._decode_pool, timed, data)
             except BadInputError as exc:
                 raise BadInputError(f"image {index}: {exc}") from None
 

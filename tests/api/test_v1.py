@@ -182,7 +182,15 @@ def test_concurrent_requests_are_batched_and_answered_correctly_in_order(setting
             await app.state.registry.loaded.wait()
             worker = app.state.registry.get("tiny")
             sizes: list[int] = []
-            worker.on_batch.append(lambda _w, stats: sizes.append(stats.size))
+
+            class SizeObserver:
+                def batch(self, _worker, stats):
+                    sizes.append(stats.size)
+
+                def preprocessed(self, _worker, _seconds):
+                    pass
+
+            worker.observers.append(SizeObserver())
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
                 requests = [

@@ -1,0 +1,149 @@
+"""Prometheus metrics: names in base units, ``imgcls_`` prefixed, labelled by model and version.
+
+One :class:`ServiceMetrics` per app, on its own ``CollectorRegistry`` (tests build several apps in
+one process). Queue depth, readiness and model info are read from the live workers at scrape time,
+so they can never drift from the truth. The service runs as one process (one uvicorn worker per
+pod or GPU), so no multiprocess mode is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from service.batcher import BatchStats
+
+__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "ServiceMetrics", "batch_size_buckets"]
+
+# 0.25 ms .. 30 s: quantiles stay meaningful from a tiny CPU model to a large GPU batch under load.
+LATENCY_BUCKETS = (
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+REJECT_REASONS = ("queue_full", "deadline", "bad_input", "too_large", "unauthorized")
+
+
+def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """1, 2, 4, ... up to and including the largest batch the batcher may form."""
+    buckets = [1]
+    while buckets[-1] * 2 < max_batch_size:
+        buckets.append(buckets[-1] * 2)
+    if buckets[-1] != max_batch_size:
+        buckets.append(max_batch_size)
+    return tuple(float(b) for b in buckets)
+
+
+class _LiveModelCollector:
+    """imgcls_queue_depth, imgcls_model_ready and imgcls_model_info, read from the workers on each scrape."""
+
+    def __init__(self, workers: Callable[[], Iterable]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(
+            "imgcls_queue_depth", "Images waiting in the batcher queue.", labels=["model", "version"]
+        )
+        ready = GaugeMetricFamily(
+            "imgcls_model_ready", "1 when the model version serves, else 0.", labels=["model", "version"]
+        )
+        info = GaugeMetricFamily(
+            "imgcls_model_info",
+            "The runtime serving each model version (value 1).",
+            labels=["model", "version", "runtime", "precision", "device"],
+        )
+        for worker in self._workers():
+            labels = [worker.name, str(worker.version)]
+            ready.add_metric(labels, 1.0 if worker.ready else 0.0)
+            if worker.batcher is not None:
+                depth.add_metric(labels, float(worker.batcher.queue_depth))
+            if worker.runtime is not None:
+                info.add_metric(
+                    [*labels, worker.runtime.name, worker.runtime.precision, worker.runtime.device], 1.0
+                )
+        yield from (depth, ready, info)
+
+
+class ServiceMetrics:
+    def __init__(self, max_batch_size: int, workers: Callable[[], Iterable] = list) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        model = ["model", "version"]
+        self.requests = Counter(
+            "imgcls_requests",
+            "Prediction requests answered.",
+            [*model, "protocol", "code"],
+            registry=self.registry,
+        )
+        self.images = Counter("imgcls_images", "Images classified.", model, registry=self.registry)
+        self.request_duration = Histogram(
+            "imgcls_request_duration_seconds",
+            "Prediction request time, end to end inside the server.",
+            [*model, "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_duration = Histogram(
+            "imgcls_queue_duration_seconds",
+            "Per image: from entering the queue to the start of its batch.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.preprocess_duration = Histogram(
+            "imgcls_preprocess_duration_seconds",
+            "Per image: decode, colour conversion, resize and normalisation.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_duration = Histogram(
+            "imgcls_inference_duration_seconds",
+            "Per batch: the runtime's compute time.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "imgcls_batch_size",
+            "Images per batch sent to the runtime.",
+            model,
+            buckets=batch_size_buckets(max_batch_size),
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "imgcls_inflight_requests", "Prediction requests being handled.", registry=self.registry
+        )
+        self.rejected = Counter(
+            "imgcls_rejected", "Requests refused, by reason.", [*model, "reason"], registry=self.registry
+        )
+        self.registry.register(_LiveModelCollector(workers))
+
+    # --- the worker's observer protocol ---
+    def batch(self, worker, stats: BatchStats) -> None:
+        labels = (worker.name, str(worker.version))
+        self.batch_size.labels(*labels).observe(stats.size)
+        self.inference_duration.labels(*labels).observe(stats.run_seconds)
+        queue = self.queue_duration.labels(*labels)
+        for seconds in stats.queue_seconds:
+            queue.observe(seconds)
+        self.images.labels(*labels).inc(stats.size)
+
+    def preprocessed(self, worker, seconds: float) -> None:
+        self.preprocess_duration.labels(worker.name, str(worker.version)).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,133 @@
+"""Prometheus metrics after real traffic through the app, read back with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import base64
+import socket
+
+import httpx
+import numpy as np
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import service.worker as worker_module
+from service.app import create_app
+from service.metrics import batch_size_buckets
+from tests.api.conftest import class_image, wait_ready
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def _instances(*images: bytes) -> dict:
+    return {"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
+
+
+def test_traffic_shows_up_in_every_metric(client):
+    assert (
+        client.post("/v1/models/tiny:predict", json=_instances(class_image(0), class_image(1))).status_code
+        == 200
+    )
+    v2 = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(class_image(2)).decode()],
+            }
+        ]
+    }
+    assert client.post("/v2/models/tiny/infer", json=v2).status_code == 200
+    assert client.post("/v1/models/tiny:predict", json=_instances(b"junk")).status_code == 400
+    assert client.post("/v1/models/nope:predict", json=_instances(b"junk")).status_code == 404
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = _samples(response.text)
+    model = {"model": "tiny", "version": "1"}
+    assert _value(samples, "imgcls_requests_total", **model, protocol="v1", code="200") == 1
+    assert _value(samples, "imgcls_requests_total", **model, protocol="v2", code="200") == 1
+    assert _value(samples, "imgcls_requests_total", **model, protocol="v1", code="400") == 1
+    assert _value(samples, "imgcls_requests_total", model="", version="", protocol="v1", code="404") == 1
+    assert _value(samples, "imgcls_images_total", **model) == 3
+    assert _value(samples, "imgcls_rejected_total", **model, reason="bad_input") == 1
+    assert _value(samples, "imgcls_queue_duration_seconds_count", **model) == 3
+    assert (
+        _value(samples, "imgcls_preprocess_duration_seconds_count", **model) == 3
+    )  # successfully decoded images
+    assert _value(samples, "imgcls_request_duration_seconds_count", **model, protocol="v1") == 2
+    assert _value(samples, "imgcls_inference_duration_seconds_count", **model) >= 1
+    assert _value(samples, "imgcls_batch_size_bucket", **model, le="8.0") >= 1
+    assert _value(samples, "imgcls_queue_depth", **model) == 0
+    assert _value(samples, "imgcls_model_ready", **model) == 1
+    assert (
+        _value(samples, "imgcls_model_info", **model, runtime="onnxruntime", precision="fp32", device="cpu")
+        == 1
+    )
+    assert _value(samples, "imgcls_inflight_requests") == 0
+    assert any(name == "process_resident_memory_bytes" for name, _ in samples)
+    assert not any(name.startswith("imgcls_gpu") for name, _ in samples)  # absent, not zero, without a GPU
+
+
+def test_batch_size_buckets_are_powers_of_two_up_to_the_max():
+    assert batch_size_buckets(1) == (1.0,)
+    assert batch_size_buckets(8) == (1.0, 2.0, 4.0, 8.0)
+    assert batch_size_buckets(24) == (1.0, 2.0, 4.0, 8.0, 16.0, 24.0)
+
+
+def test_a_body_refused_by_its_content_length_is_counted_as_too_large(settings):
+    small = settings.model_copy(update={"max_body_bytes": 4096})
+    with TestClient(create_app(small)) as client:
+        wait_ready(client)
+        assert client.post("/v1/models/tiny:predict", content=b"x" * 5000).status_code == 413
+        samples = _samples(client.get("/metrics").text)
+    assert _value(samples, "imgcls_rejected_total", model="", version="", reason="too_large") == 1
+
+
+def test_metrics_can_move_to_a_separate_port(settings):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with TestClient(create_app(settings.model_copy(update={"metrics_port": port}))) as client:
+        wait_ready(client)
+        assert client.get("/metrics").status_code == 404
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert scraped.status_code == 200 and "imgcls_model_ready" in scraped.text
+
+
+def test_non_finite_scores_are_an_error_never_a_score(settings, monkeypatch):
+    real = worker_module.choose_runtime
+
+    class NaNAfterWarmup:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+            self.name, self.device, self.precision = inner.name, inner.device, inner.precision
+
+        def infer(self, batch):
+            self.calls += 1
+            out = self.inner.infer(batch)
+            return out if self.calls <= 4 else np.full_like(out, np.nan)
+
+        def describe(self):
+            return "nan"
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(worker_module, "choose_runtime", lambda *a, **k: NaNAfterWarmup(real(*a, **k)))
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        response = client.post("/v1/models/tiny:predict", json=_instances(class_image(0)))
+    assert response.status_code == 500
+    assert "non-finite scores (NaN or inf): 1 of 1 images" in response.json()["error"]
