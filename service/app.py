@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import trainer
 from service import routes_health, routes_v1, routes_v2
+from service.auth import ApiKeyMiddleware, load_api_keys
 from service.errors import (
     BadInputError,
     DeadlineExceededError,
@@ -90,6 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_reject=lambda: metrics.rejected.labels("", "", "too_large").inc(),
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(  # outermost: nothing runs for a request without a valid key
+        ApiKeyMiddleware,
+        keys=load_api_keys(settings.api_keys, settings.api_keys_file),
+        protect_health=settings.auth_health,
+        protect_metrics=settings.auth_metrics,
+        on_reject=lambda: metrics.rejected.labels("", "", "unauthorized").inc(),
+    )
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
