@@ -30,7 +30,7 @@ from service.errors import (
 )
 from service.limits import BodyLimitMiddleware
 from service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from service.observe import RequestMetricsMiddleware
+from service.observe import RequestObserverMiddleware
 from service.registry import ModelRegistry
 from service.routes_common import error_response, service_error_response
 from service.settings import Settings
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         on_reject=lambda: metrics.rejected.labels("", "", "too_large").inc(),
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestObserverMiddleware, metrics=metrics)
     app.add_middleware(  # outermost: nothing runs for a request without a valid key
         ApiKeyMiddleware,
         keys=load_api_keys(settings.api_keys, settings.api_keys_file),

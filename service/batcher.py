@@ -46,6 +46,7 @@ class _Item:
     future: asyncio.Future
     enqueued_at: float
     in_queue: bool = field(default=True)
+    batched_at: float | None = None
 
 
 class DynamicBatcher(Generic[In, Out]):
@@ -120,12 +121,15 @@ class DynamicBatcher(Generic[In, Out]):
                 f"queue full ({self._queued} of {self.max_queue_size} images waiting); retry shortly"
             )
 
-    async def submit(self, payloads: Sequence[In], timeout_s: float | None = None) -> list[Out]:
+    async def submit(
+        self, payloads: Sequence[In], timeout_s: float | None = None, timings: dict[str, float] | None = None
+    ) -> list[Out]:
         """Queue ``payloads`` and wait for their results, in order.
 
         Raises :class:`QueueFullError` at once when the queue has no room for all of them, and
         :class:`DeadlineExceededError` when ``timeout_s`` passes first (queued items are dropped).
-        Cancelling the caller removes its queued items.
+        Cancelling the caller removes its queued items. With ``timings``, ``queue_seconds`` is set
+        to the longest wait of any of its items.
         """
         if not payloads:
             return []
@@ -139,7 +143,12 @@ class DynamicBatcher(Generic[In, Out]):
         self._queued += len(items)
         self._wakeup.set()
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*(item.future for item in items)), timeout_s))
+            results = list(
+                await asyncio.wait_for(asyncio.gather(*(item.future for item in items)), timeout_s)
+            )
+            if timings is not None:  # the longest any of this request's images waited (for the request log)
+                timings["queue_seconds"] = max((item.batched_at or now) - now for item in items)
+            return results
         except TimeoutError:
             raise DeadlineExceededError(
                 f"deadline of {timeout_s * 1000:.0f} ms passed before the images were processed; "
@@ -219,6 +228,8 @@ class DynamicBatcher(Generic[In, Out]):
             if not batch:
                 return
             started = time.monotonic()
+            for item in batch:
+                item.batched_at = started
             try:
                 outputs = await self._runner([item.payload for item in batch])
                 if len(outputs) != len(batch):

@@ -1,18 +1,25 @@
-"""Per-request accounting for the prediction routes: request count and duration, in-flight gauge.
+"""Per-request observation: ``X-Request-ID``, metrics for the prediction routes, one log line each.
 
 Pure ASGI, so it sees the final status of every response, including the ones the error handlers
-write. Routes put ``(model, version)`` on ``request.state.model_labels`` once they know them.
+write. Routes put ``model_labels``, ``images`` and ``timings`` on ``request.state`` once known.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import ServiceMetrics
 
-__all__ = ["RequestMetricsMiddleware", "protocol_of"]
+__all__ = ["RequestObserverMiddleware", "protocol_of"]
+
+log = logging.getLogger("imgcls.request")
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def protocol_of(path: str) -> str | None:
@@ -24,32 +31,61 @@ def protocol_of(path: str) -> str | None:
     return None
 
 
-class RequestMetricsMiddleware:
+def _request_id(scope: Scope) -> str:
+    given = next((v for k, v in scope.get("headers", []) if k == b"x-request-id"), b"").decode("latin-1")
+    # A caller's id is kept when it is a sane token; anything else (too long, odd characters) is replaced.
+    return given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+class RequestObserverMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = protocol_of(scope.get("path", "")) if scope["type"] == "http" else None
-        if protocol is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = _request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        protocol = protocol_of(scope.get("path", ""))
         status = 500
         started = time.perf_counter()
 
-        async def tracking_send(message: Message) -> None:
+        async def observing_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
+        if protocol is None:
+            await self.app(scope, receive, observing_send)
+            return
         self.metrics.inflight.inc()
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, observing_send)
         finally:
             self.metrics.inflight.dec()
-            model, version = scope.get("state", {}).get("model_labels", ("", ""))
+            seconds = time.perf_counter() - started
+            model, version = state.get("model_labels", ("", ""))
             self.metrics.requests.labels(model, version, protocol, str(status)).inc()
-            self.metrics.request_duration.labels(model, version, protocol).observe(
-                time.perf_counter() - started
+            self.metrics.request_duration.labels(model, version, protocol).observe(seconds)
+            queue_seconds = state.get("timings", {}).get("queue_seconds")
+            log.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "request_id": request_id,
+                    "protocol": protocol,
+                    "model": model or None,
+                    "version": version or None,
+                    "images": state.get("images"),
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "queue_ms": round(queue_seconds * 1000, 3) if queue_seconds is not None else None,
+                },
             )

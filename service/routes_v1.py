@@ -123,7 +123,9 @@ async def _predict(request: Request, name: str, version: int | None) -> dict:
             f"{len(images)} images in one request; the limit is {limit} (max_images_per_request)"
         )
     k = _parse_top_k(parameters, worker.ref.manifest.num_classes)
-    probabilities = await until_disconnect(request, worker.predict_images(images))
+    request.state.images = len(images)
+    request.state.timings = timings = {}
+    probabilities = await until_disconnect(request, worker.predict_images(images, timings=timings))
     return {
         "model_name": name,
         "model_version": str(worker.version),

@@ -214,11 +214,15 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     parsed = await off_loop(request, parse_infer_request, body, int(header) if header is not None else None)
     input_name, data = _select_input(parsed, worker, request.app.state.settings.max_images_per_request)
     _check_outputs(parsed)  # before computing anything
+    request.state.images = len(data)
+    request.state.timings = timings = {}
     if input_name == "image":
-        probabilities = await until_disconnect(request, worker.predict_images(list(data), parsed.timeout_s))
+        probabilities = await until_disconnect(
+            request, worker.predict_images(list(data), parsed.timeout_s, timings)
+        )
     else:
         probabilities = await until_disconnect(
-            request, worker.predict_pixels(np.asarray(data, dtype=np.float32), parsed.timeout_s)
+            request, worker.predict_pixels(np.asarray(data, dtype=np.float32), parsed.timeout_s, timings)
         )
     content, headers = encode_infer_response(
         name, str(worker.version), parsed.id, _outputs(parsed, worker, probabilities)

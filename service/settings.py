@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"  # json: one object per line, for log pipelines
     runtime: RuntimeChoice = "auto"
     device: DeviceChoice = "auto"
     intra_op_threads: Annotated[int, Field(ge=1)] | None = None  # None: the runtime's default (all cores)

@@ -186,13 +186,17 @@ class ModelWorker:
 
         return list(await asyncio.gather(*(one(i, data) for i, data in enumerate(images))))
 
-    async def predict_images(self, images: list[bytes], timeout_s: float | None = None) -> np.ndarray:
+    async def predict_images(
+        self, images: list[bytes], timeout_s: float | None = None, timings: dict[str, float] | None = None
+    ) -> np.ndarray:
         batcher = self.require_ready()
         batcher.check_capacity(len(images))  # a full queue answers 503 before any decoding
         arrays = await self.preprocess(images)
-        return np.stack(await batcher.submit(arrays, timeout_s or self.default_timeout_s))
+        return np.stack(await batcher.submit(arrays, timeout_s or self.default_timeout_s, timings))
 
-    async def predict_pixels(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+    async def predict_pixels(
+        self, pixels: np.ndarray, timeout_s: float | None = None, timings: dict[str, float] | None = None
+    ) -> np.ndarray:
         batcher = self.require_ready()
         expected = (
             self.ref.manifest.input.channels,
@@ -205,7 +209,7 @@ class ModelWorker:
             )
         return np.stack(
             await batcher.submit(
-                list(pixels.astype(np.float32, copy=False)), timeout_s or self.default_timeout_s
+                list(pixels.astype(np.float32, copy=False)), timeout_s or self.default_timeout_s, timings
             )
         )
 

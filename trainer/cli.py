@@ -178,6 +178,7 @@ def serve(
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default auto).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json (one object per line) or text.")] = None,
 ) -> None:
     """Serve every bundle in the model repository over HTTP (KServe v1), with dynamic batching.
 
@@ -198,6 +199,7 @@ def serve(
         "runtime": runtime,
         "device": device,
         "log_level": log_level,
+        "log_format": log_format,
     }
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
@@ -207,10 +209,17 @@ def serve(
             for err in exc.errors()
         )
         raise ConfigError(f"invalid service settings: {problems}") from None
-    logging.getLogger("imgcls").setLevel(settings.log_level.upper())
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     # One worker process: each process would load every model and its own batcher (see README).
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, workers=1
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the handlers configure_logging installed
+        access_log=False,
+        workers=1,
     )
 
 

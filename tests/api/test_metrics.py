@@ -131,3 +131,34 @@ def test_non_finite_scores_are_an_error_never_a_score(settings, monkeypatch):
         response = client.post("/v1/models/tiny:predict", json=_instances(class_image(0)))
     assert response.status_code == 500
     assert "non-finite scores (NaN or inf): 1 of 1 images" in response.json()["error"]
+
+
+def test_every_response_carries_a_request_id_and_prediction_requests_log_one_json_line(client, caplog):
+    import json
+    import logging
+
+    from service.logs import JsonFormatter
+
+    given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    generated = client.get("/healthz", headers={"X-Request-ID": "not valid!" * 20})
+    assert len(generated.headers["x-request-id"]) == 32  # replaced by a fresh uuid4 hex
+    with caplog.at_level(logging.INFO, logger="imgcls.request"):
+        response = client.post(
+            "/v1/models/tiny:predict",
+            json=_instances(class_image(0), class_image(1)),
+            headers={"X-Request-ID": "req-9"},
+        )
+    records = [r for r in caplog.records if r.name == "imgcls.request"]
+    assert len(records) == 1
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["request_id"] == "req-9" == response.headers["x-request-id"]
+    assert (line["model"], line["version"], line["images"], line["status"], line["protocol"]) == (
+        "tiny",
+        "1",
+        2,
+        200,
+        "v1",
+    )
+    assert line["latency_ms"] > 0 and line["queue_ms"] >= 0
+    assert "b64" not in json.dumps(line)  # never image bytes

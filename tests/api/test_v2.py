@@ -280,9 +280,9 @@ def test_a_deadline_from_the_timeout_parameter_applies(client, monkeypatch):
     seen = []
     original = worker_module.ModelWorker.predict_images
 
-    async def spy(self, images, timeout_s=None):
+    async def spy(self, images, timeout_s=None, timings=None):
         seen.append(timeout_s)
-        return await original(self, images, timeout_s)
+        return await original(self, images, timeout_s, timings)
 
     monkeypatch.setattr(worker_module.ModelWorker, "predict_images", spy)
     body = {
