@@ -124,6 +124,7 @@ class ServiceMetrics:
             buckets=batch_size_buckets(max_batch_size),
             registry=self.registry,
         )
+        self.inflight_count = 0  # the same number, readable without prometheus internals (graceful shutdown)
         self.inflight = Gauge(
             "imgcls_inflight_requests", "Prediction requests being handled.", registry=self.registry
         )

@@ -24,6 +24,7 @@ class ModelRegistry:
         self.workers: dict[str, dict[int, ModelWorker]] = {}
         self.loaded = asyncio.Event()  # set once every bundle has been tried
         self.scanned = False
+        self.draining = False  # set on SIGTERM: not ready, no new work
 
     def _add(self, refs: list[BundleRef]) -> None:
         for ref in refs:
@@ -54,9 +55,15 @@ class ModelRegistry:
     @property
     def ready(self) -> bool:
         """Every bundle has been tried and every one that verified is loaded and warm (failures don't block)."""
-        return self.loaded.is_set() and all(w.ready for w in self.all() if w.state != "failed")
+        return (
+            not self.draining
+            and self.loaded.is_set()
+            and all(w.ready for w in self.all() if w.state != "failed")
+        )
 
     def get(self, name: str, version: int | None = None) -> ModelWorker:
+        if self.draining:
+            raise ModelNotReadyError("the server is shutting down; retry against another replica")
         versions = self.workers.get(name)
         if not versions and not self.scanned:
             raise ModelNotReadyError("the model repository is still being verified; retry shortly")

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000
     warmup: bool = True  # run batch sizes 1, 2, 4, ... max_batch_size before reporting ready
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: /metrics on the main port
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0  # on SIGTERM, how long accepted requests may take
+    # ...and how long, at least, to keep answering 503 so load balancers and clients notice before the port closes
+    shutdown_min_drain_s: Annotated[float, Field(ge=0)] = 1.0
     api_keys: list[str] = Field(default=[], repr=False)  # Bearer keys; empty (and no file): no auth
     api_keys_file: Path | None = None  # one key per line, e.g. a mounted Kubernetes Secret
     auth_health: bool = False  # also require a key for /healthz, /readyz, /v2/health/*

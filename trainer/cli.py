@@ -213,14 +213,19 @@ def serve(
 
     configure_logging(settings.log_level, settings.log_format)
     # One worker process: each process would load every model and its own batcher (see README).
-    uvicorn.run(
-        create_app(settings),
+    from service.server import DrainingServer
+
+    application = create_app(settings)
+    config = uvicorn.Config(
+        application,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep the handlers configure_logging installed
         access_log=False,
         workers=1,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
+    DrainingServer(config, application, settings.shutdown_grace_s, settings.shutdown_min_drain_s).run()
 
 
 @app.command()

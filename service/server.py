@@ -1,0 +1,59 @@
+"""`imgcls serve`'s uvicorn server, with Kubernetes-friendly graceful shutdown.
+
+On SIGTERM (or the first Ctrl-C): readiness turns false at once and new prediction requests get 503
+with Retry-After, so the load balancer stops sending traffic; every request already accepted
+(queued or computing) is completed; then uvicorn stops, and the lifespan drains the batchers. If
+the grace period passes first, the server stops anyway. A second signal stops it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+__all__ = ["DrainingServer"]
+
+log = logging.getLogger("imgcls.server")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(
+        self, config: uvicorn.Config, app: FastAPI, grace_s: float, min_drain_s: float = 1.0
+    ) -> None:
+        super().__init__(config)
+        self.app = app
+        self.grace_s = grace_s
+        self.min_drain_s = min(min_drain_s, grace_s)
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if self._draining:  # a second signal: stop now
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        registry = getattr(self.app.state, "registry", None)
+        if registry is None:  # still starting: nothing accepted yet
+            super().handle_exit(sig, frame)
+            return
+        registry.draining = True
+        log.info("shutdown requested: not ready, refusing new work, finishing accepted requests")
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit()))
+
+    async def _drain_then_exit(self) -> None:
+        metrics = self.app.state.metrics
+        registry = self.app.state.registry
+        started = time.monotonic()
+        deadline = started + self.grace_s
+        while time.monotonic() < deadline:
+            queued = sum(w.batcher.queue_depth for w in registry.all() if w.batcher is not None)
+            if metrics.inflight_count == 0 and queued == 0 and time.monotonic() - started >= self.min_drain_s:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            log.warning("grace period of %.0f s passed with requests still in flight; stopping", self.grace_s)
+        self.should_exit = True
