@@ -46,7 +46,7 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 
 class _LiveModelCollector:
-    """imgcls_queue_depth, imgcls_model_ready and imgcls_model_info, read from the workers on each scrape."""
+    """Queue depth and capacity, readiness and model info, read from the workers on each scrape."""
 
     def __init__(self, workers: Callable[[], Iterable]) -> None:
         self._workers = workers
@@ -58,6 +58,9 @@ class _LiveModelCollector:
         ready = GaugeMetricFamily(
             "imgcls_model_ready", "1 when the model version serves, else 0.", labels=["model", "version"]
         )
+        capacity = GaugeMetricFamily(
+            "imgcls_queue_capacity", "max_queue_size: images the queue may hold.", labels=["model", "version"]
+        )
         info = GaugeMetricFamily(
             "imgcls_model_info",
             "The runtime serving each model version (value 1).",
@@ -68,11 +71,46 @@ class _LiveModelCollector:
             ready.add_metric(labels, 1.0 if worker.ready else 0.0)
             if worker.batcher is not None:
                 depth.add_metric(labels, float(worker.batcher.queue_depth))
+                capacity.add_metric(labels, float(worker.batcher.max_queue_size))
             if worker.runtime is not None:
                 info.add_metric(
                     [*labels, worker.runtime.name, worker.runtime.precision, worker.runtime.device], 1.0
                 )
-        yield from (depth, ready, info)
+        yield from (depth, capacity, ready, info)
+
+
+class _GpuCollector:
+    """GPU utilisation and memory through NVML; yields nothing (absent, not zero) where there is no GPU."""
+
+    def __init__(self) -> None:
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception:  # no library, no driver, no GPU: the series are simply absent
+            self._nvml = None
+
+    def collect(self) -> Iterable[Metric]:
+        nvml = self._nvml
+        if nvml is None:
+            return
+        utilization = GaugeMetricFamily(
+            "imgcls_gpu_utilization_ratio", "GPU busy fraction (NVML).", labels=["gpu"]
+        )
+        used = GaugeMetricFamily("imgcls_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["gpu"])
+        total = GaugeMetricFamily("imgcls_gpu_memory_total_bytes", "GPU memory (NVML).", labels=["gpu"])
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                utilization.add_metric([str(index)], nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+                used.add_metric([str(index)], float(memory.used))
+                total.add_metric([str(index)], float(memory.total))
+        except Exception:  # a GPU that vanished mid-scrape must not fail the whole scrape
+            return
+        yield from (utilization, used, total)
 
 
 class ServiceMetrics:
@@ -132,6 +170,7 @@ class ServiceMetrics:
             "imgcls_rejected", "Requests refused, by reason.", [*model, "reason"], registry=self.registry
         )
         self.registry.register(_LiveModelCollector(workers))
+        self.registry.register(_GpuCollector())
 
     # --- the worker's observer protocol ---
     def batch(self, worker, stats: BatchStats) -> None:

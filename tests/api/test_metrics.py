@@ -162,3 +162,23 @@ def test_every_response_carries_a_request_id_and_prediction_requests_log_one_jso
     )
     assert line["latency_ms"] > 0 and line["queue_ms"] >= 0
     assert "b64" not in json.dumps(line)  # never image bytes
+
+
+def test_gpu_gauges_come_from_nvml_when_a_gpu_is_there(monkeypatch):
+    import sys
+    import types
+
+    from service.metrics import ServiceMetrics
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=2 * 1024**3, total=80 * 1024**3),
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=37),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    samples = _samples(ServiceMetrics(8).render().decode())
+    assert _value(samples, "imgcls_gpu_utilization_ratio", gpu="0") == 0.37
+    assert _value(samples, "imgcls_gpu_memory_used_bytes", gpu="0") == 2 * 1024**3
+    assert _value(samples, "imgcls_gpu_memory_total_bytes", gpu="0") == 80 * 1024**3
