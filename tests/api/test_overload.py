@@ -207,3 +207,59 @@ def test_health_answers_at_once_while_models_are_still_warming_up(settings, monk
     assert v2_not_ready.status_code == 503
     assert early.status_code == 503 and "is loading" in early.json()["error"]
     assert ready.status_code == 200
+
+
+def test_a_failed_batch_fails_only_its_requests_and_the_next_batch_serves(settings, gated):
+    async def scenario(app, http):
+        runtime = gated[0]
+        runtime.fail = True
+        failed = await http.post("/v1/models/tiny:predict", json=_body(0))
+        runtime.fail = False
+        recovered = await http.post("/v1/models/tiny:predict", json=_body(1))
+        return failed, recovered
+
+    failed, recovered = _run(settings, scenario)
+    assert failed.status_code == 500
+    assert recovered.status_code == 200
+
+
+def test_health_and_metrics_stay_fast_while_predictions_overflow(settings, gated):
+    """Beyond capacity: excess predictions are refused fast with 503 and probes answer quickly."""
+    import time
+
+    settings = settings.model_copy(
+        update={"batching": BatchingSettings(max_batch_size=2, max_queue_delay_ms=1, max_queue_size=4)}
+    )
+
+    async def scenario(app, http):
+        runtime = gated[0]
+        runtime.gate.clear()  # the runtime is stuck: every extra request must be rejected, not queued
+        flood = [
+            asyncio.create_task(http.post("/v1/models/tiny:predict", json=_body(i % 3))) for i in range(40)
+        ]
+        await _wait(runtime.started)
+        # 1-2 images computing + 4 queued can be held; the other 34-35 requests must be refused while stuck
+        for _ in range(1000):
+            if sum(task.done() for task in flood) >= 34:
+                break
+            await asyncio.sleep(0.01)
+        probes = []
+        for path in ["/healthz", "/readyz", "/metrics"] * 5:
+            started = time.perf_counter()
+            response = await http.get(path)
+            probes.append((path, response.status_code, time.perf_counter() - started))
+        rejected_while_stuck = sum(1 for task in flood if task.done() and task.result().status_code == 503)
+        runtime.gate.set()
+        results = await asyncio.gather(*flood)
+        return probes, rejected_while_stuck, results
+
+    probes, rejected_while_stuck, results = _run(settings, scenario)
+    assert all(status == 200 for _, status, _ in probes), probes
+    latencies = sorted(seconds for _, _, seconds in probes)
+    assert latencies[len(latencies) // 2] < 0.1, latencies  # median probe under 100 ms while overloaded
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 503}
+    assert (
+        codes.count(503) == 34 and rejected_while_stuck == 34
+    )  # refused while stuck, not after the jam cleared
+    assert all(r.headers.get("retry-after") == "1" for r in results if r.status_code == 503)

@@ -171,6 +171,9 @@ def test_a_broken_bundle_is_listed_not_ready_and_the_service_still_serves(model_
         )
         response = client.post("/v1/models/tiny/versions/2:predict", json=_instances(class_image(0)))
         assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        metrics = client.get("/metrics").text
+        assert 'imgcls_model_ready{model="tiny",version="2"} 0.0' in metrics
+        assert 'imgcls_model_ready{model="tiny",version="1"} 1.0' in metrics
 
 
 def test_concurrent_requests_are_batched_and_answered_correctly_in_order(settings):
