@@ -50,6 +50,11 @@ class Preprocessor:
                 return decode_to_tensor(image, data, self.spec.color_mode)
         except BadInputError:
             raise
+        except Image.DecompressionBombError:  # Pillow's own guard, before our header check can run
+            raise BadInputError(
+                f"the image declares more pixels than Pillow allows, over the limit of {self.max_image_pixels:,}; "
+                "downscale it before sending"
+            ) from None
         except UnidentifiedImageError:
             raise BadInputError(
                 "not a decodable image (send JPEG, PNG, WebP, BMP or GIF file bytes)"

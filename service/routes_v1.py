@@ -7,7 +7,6 @@ image, in order.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Request
 
 from service.errors import BadInputError, UnsupportedMediaTypeError
 from service.routes_common import off_loop, registry, until_disconnect
+from service.v2_codec import decode_base64
 from service.worker import ModelWorker
 
 __all__ = ["router"]
@@ -63,7 +63,7 @@ def _decode_instances(body: bytes) -> tuple[list[bytes], object]:
         if not isinstance(encoded, str):
             raise BadInputError(f'instance {index}: expected {{"b64": "<base64 of an image file>"}}')
         try:
-            images.append(base64.b64decode(encoded, validate=True))
+            images.append(decode_base64(encoded))
         except (binascii.Error, ValueError):
             raise BadInputError(f"instance {index}: b64 is not valid base64") from None
     return images, payload.get("parameters")

@@ -24,6 +24,7 @@ __all__ = [
     "InputTensor",
     "OutputRequest",
     "OutputTensor",
+    "decode_base64",
     "deserialize_bytes",
     "encode_infer_response",
     "parse_infer_request",
@@ -93,6 +94,16 @@ def deserialize_bytes(raw: bytes, where: str) -> list[bytes]:
     return elements
 
 
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+def decode_base64(text: object) -> bytes:
+    """Strict base64, but tolerant of line breaks and spaces (`base64` without -w0 wraps at 76)."""
+    if not isinstance(text, str):
+        raise TypeError("not a string")
+    return base64.b64decode(text.translate(_WHITESPACE), validate=True)
+
+
 def _parameters(owner: dict, where: str) -> dict:
     parameters = owner.get("parameters")
     if parameters is None:
@@ -146,7 +157,7 @@ def _parse_input(raw: dict, index: int, binary: memoryview, offset: int) -> tupl
         flat = _flatten(raw["data"])
         if datatype == "BYTES":
             try:
-                data = [base64.b64decode(e, validate=True) for e in flat]
+                data = [decode_base64(e) for e in flat]
             except (binascii.Error, ValueError, TypeError):
                 raise BadInputError(
                     f"{where}: BYTES elements in JSON must be base64 strings of image files"
