@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from service.errors import BadInputError, UnsupportedMediaTypeError
+from service.jsonlimits import check_json_depth
 from service.routes_common import off_loop, registry, until_disconnect
 from service.v2_codec import decode_base64
 from service.worker import ModelWorker
@@ -48,7 +49,8 @@ def _parse_top_k(parameters: object, num_classes: int) -> int:
     return min(k, num_classes)
 
 
-def _decode_instances(body: bytes) -> tuple[list[bytes], object]:
+def _decode_instances(body: bytes, max_json_depth: int) -> tuple[list[bytes], object]:
+    check_json_depth(body, max_json_depth)
     try:
         payload = json.loads(body)
     except RecursionError:
@@ -85,7 +87,9 @@ async def _read_images(request: Request) -> tuple[list[bytes], object]:
         )
         return images, parameters
     if content_type in ("application/json", ""):
-        return await off_loop(request, _decode_instances, await request.body())  # big JSON: not on the loop
+        return await off_loop(
+            request, _decode_instances, await request.body(), request.app.state.settings.max_json_depth
+        )  # big JSON: not on the loop
     raise UnsupportedMediaTypeError(
         f"content type {content_type!r} is not accepted here; send application/json or multipart/form-data"
     )

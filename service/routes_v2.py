@@ -211,7 +211,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         request.app.state.settings.max_body_bytes,
     )
     # Parsing a large JSON body takes real time: off the event loop, on the decode pool.
-    parsed = await off_loop(request, parse_infer_request, body, int(header) if header is not None else None)
+    parsed = await off_loop(
+        request,
+        parse_infer_request,
+        body,
+        int(header) if header is not None else None,
+        request.app.state.settings.max_json_depth,
+    )
     input_name, data = _select_input(parsed, worker, request.app.state.settings.max_images_per_request)
     _check_outputs(parsed)  # before computing anything
     request.state.images = len(data)

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_images_per_request: Annotated[int, Field(ge=1)] = 64
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000
+    max_json_depth: Annotated[int, Field(ge=4, le=512)] = 32  # nesting of request JSON (ours needs 4)
     warmup: bool = True  # run batch sizes 1, 2, 4, ... max_batch_size before reporting ready
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: /metrics on the main port
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0  # on SIGTERM, how long accepted requests may take

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import BadInputError
+from service.jsonlimits import check_json_depth
 
 __all__ = [
     "InferRequest",
@@ -176,7 +177,7 @@ def _parse_input(raw: dict, index: int, binary: memoryview, offset: int) -> tupl
     return InputTensor(name, datatype, shape, data), offset
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+def parse_infer_request(body: bytes, header_length: int | None, max_json_depth: int = 32) -> InferRequest:
     """Parse a v2 infer body; ``header_length`` is ``Inference-Header-Content-Length`` when present."""
     if header_length is not None and not 0 < header_length <= len(body):
         raise BadInputError(
@@ -184,6 +185,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         )
     json_part = body[:header_length] if header_length is not None else body
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    check_json_depth(json_part, max_json_depth)  # only the JSON: binary tensors may hold any bytes
     try:
         payload = json.loads(json_part)
     except RecursionError:

@@ -132,7 +132,7 @@ def test_base64_with_line_breaks_is_accepted(client):
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested deeper than 32 levels"),
         (
             json.dumps({"instances": [{"b64": "QUJD"}], "pad": "x" * 40_000_000}).encode(),
             413,

@@ -90,3 +90,13 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding():
     data = _encode(Image.new("L", (300, 200)), "PNG")
     with pytest.raises(BadInputError, match=r"300x200 pixels is over the limit of 50,000"):
         Preprocessor(RGB_SPEC, max_image_pixels=50_000)(data)
+
+
+def test_json_depth_check_counts_brackets_outside_strings_only():
+    import json
+
+    from service.jsonlimits import check_json_depth
+
+    check_json_depth(json.dumps({"a": [[1]], "s": "[[[[[[[[\\"[[[[\\\\"}).encode(), 3)
+    with pytest.raises(BadInputError, match="nested deeper than 3 levels"):
+        check_json_depth(b'{"a": [[[1]]]}', 3)
