@@ -97,6 +97,10 @@ def test_json_depth_check_counts_brackets_outside_strings_only():
 
     from service.jsonlimits import check_json_depth
 
-    check_json_depth(json.dumps({"a": [[1]], "s": "[[[[[[[[\\"[[[[\\\\"}).encode(), 3)
+    tricky = {
+        "a": [[1]],
+        "s": '[[[[[[[[\\"[[[[\\\\',
+    }  # brackets, an escaped quote and backslashes inside a string
+    check_json_depth(json.dumps(tricky).encode(), 3)
     with pytest.raises(BadInputError, match="nested deeper than 3 levels"):
         check_json_depth(b'{"a": [[[1]]]}', 3)
