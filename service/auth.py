@@ -7,12 +7,12 @@ and metrics stay open by default so probes and Prometheus need no secret; settin
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.limits import send_json_error
 from trainer.errors import ConfigError
 
 __all__ = ["ApiKeyMiddleware", "load_api_keys"]
@@ -77,18 +77,9 @@ class ApiKeyMiddleware:
             return
         if self._on_reject is not None:
             self._on_reject()
-        body = json.dumps(
-            {"error": "missing or invalid API key; send 'Authorization: Bearer <key>'"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="imgcls"'),
-                ],
-            }
+        await send_json_error(
+            send,
+            401,
+            "missing or invalid API key; send 'Authorization: Bearer <key>'",
+            [(b"www-authenticate", b'Bearer realm="imgcls"')],
         )
-        await send({"type": "http.response.body", "body": body})

@@ -9,7 +9,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLargeError
 
-__all__ = ["BodyLimitMiddleware"]
+__all__ = ["BodyLimitMiddleware", "send_json_error"]
+
+
+async def send_json_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer ``{"error": message}`` straight from ASGI middleware (before any route or handler runs)."""
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
@@ -28,18 +47,7 @@ class BodyLimitMiddleware:
     async def _reject(self, send: Send) -> None:
         if self._on_reject is not None:
             self._on_reject()
-        body = json.dumps({"error": self._message()}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 413, self._message())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -248,10 +248,22 @@ def predict(
     typer.echo(f"model {answer['model_name']} v{answer['model_version']}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (tests swap it; a stored stream may be closed)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
     # Our progress lines at INFO; libraries (the ONNX exporter's passes, tensorboard) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[_StderrHandler()], force=True)
     logging.getLogger("imgcls").setLevel(logging.INFO)
     try:
         app(args=argv, prog_name="imgcls", standalone_mode=False)
