@@ -180,7 +180,8 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
     log_format: Annotated[str | None, typer.Option(help="json (one object per line) or text.")] = None,
 ) -> None:
-    """Serve every bundle in the model repository over HTTP (KServe v1), with dynamic batching.
+    """Serve every bundle in the model repository over HTTP: KServe v1 and the Open Inference Protocol v2
+    (Triton's clients), with dynamic batching, Prometheus metrics at /metrics and graceful shutdown.
 
     Every setting can also come from the environment: IMGCLS_MODEL_REPO, IMGCLS_PORT,
     IMGCLS_BATCHING__MAX_BATCH_SIZE, IMGCLS_MODELS='{"digits": {"max_batch_size": 16}}', ...
