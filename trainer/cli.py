@@ -249,6 +249,85 @@ def predict(
     typer.echo(f"model {answer['model_name']} v{answer['model_version']}")
 
 
+bench_app = typer.Typer(help="Measure: load-test a running service.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("load")
+def bench_load(
+    url: Annotated[
+        str, typer.Option(help="The service's base URL (any imgcls, local or remote).")
+    ] = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option(help="Model name.")] = "digits",
+    protocol: Annotated[str, typer.Option(help="v1, v1-multipart, v2 or v2-binary.")] = "v1",
+    concurrency: Annotated[
+        str, typer.Option(help="Closed loop: comma-separated client counts, e.g. 1,8,32.")
+    ] = "1,8,32",
+    rate: Annotated[
+        float | None, typer.Option(help="Open loop instead: Poisson arrivals at this many requests/s.")
+    ] = None,
+    duration: Annotated[float, typer.Option(help="Seconds measured per step.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Seconds of load before measuring each step.")] = 2.0,
+    images_per_request: Annotated[int, typer.Option(help="Images in each request.")] = 1,
+    images: Annotated[
+        Path | None, typer.Option(help="A folder of images to cycle through (default: the embedded digits).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Result folder suffix.")] = "load",
+    out: Annotated[Path, typer.Option(help="Where results go.")] = Path("benchmarks/results"),
+) -> None:
+    """Load-test an imgcls URL (closed or open loop); write JSON, Markdown and a latency plot."""
+    import asyncio
+    import platform
+    from datetime import date
+
+    from benchmarks.load import (
+        PROTOCOLS,
+        build_payloads,
+        digits_images,
+        folder_images,
+        run_closed_loop,
+        run_open_loop,
+        write_report,
+    )
+    from benchmarks.train_digits import machine
+
+    if protocol not in PROTOCOLS:
+        raise click.BadParameter(f"{protocol!r}; valid: {', '.join(PROTOCOLS)}", param_hint="--protocol")
+    try:
+        steps = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{concurrency!r} is not a comma-separated list of integers", param_hint="--concurrency"
+        ) from None
+    pictures = folder_images(images) if images is not None else digits_images()
+    payloads = build_payloads(protocol, model, pictures, images_per_request)
+    results = []
+    if rate is not None:
+        results.append(asyncio.run(run_open_loop(url, payloads, rate, warmup, duration)))
+    else:
+        for clients in steps:
+            results.append(asyncio.run(run_closed_loop(url, payloads, clients, warmup, duration)))
+    for result in results:
+        summary = result.summary()
+        typer.echo(
+            f"{summary['mode']:>16}  {summary['requests_per_s']:>8} req/s  {summary['images_per_s']:>8} img/s  "
+            f"p50 {summary['p50_ms']} ms  p99 {summary['p99_ms']} ms  errors {sum(summary['errors'].values())}  "
+            f"client CPU {summary['client_cpu_percent']}%"
+        )
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "url": url,
+        "model": model,
+        "protocol": protocol,
+        "images_per_request": images_per_request,
+        "warmup_s": warmup,
+        "duration_s": duration,
+    }
+    folder = write_report(results, meta, out / f"{meta['date']}-{platform.node()}-{name}")
+    typer.echo(f"wrote {folder}")
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at emit time (tests swap it; a stored stream may be closed)."""
 

@@ -1,0 +1,334 @@
+"""`imgcls bench load`: an HTTP load generator for any imgcls URL.
+
+Closed loop (`--concurrency 1,8,32`: that many clients, each sending its next request when the last
+one answers) or open loop (`--rate R`: Poisson arrivals at R requests/s, latency measured from each
+request's scheduled send time, so a slow server cannot hide its queueing by slowing the client down:
+no coordinated omission). Payloads are encoded once, up front; connections are reused; the client's
+own CPU use is reported so a reader can tell whether the client was the bottleneck. Every response is
+checked: the right status and one prediction per image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "PROTOCOLS",
+    "Payload",
+    "RunResult",
+    "build_payloads",
+    "digits_images",
+    "folder_images",
+    "run_closed_loop",
+    "run_open_loop",
+]
+
+PROTOCOLS = ("v1", "v1-multipart", "v2", "v2-binary")
+_BOUNDARY = "imgcls-bench-boundary"
+
+
+@dataclass(frozen=True)
+class Payload:
+    path: str
+    content: bytes
+    headers: dict[str, str]
+    images: int
+
+
+@dataclass
+class RunResult:
+    mode: str  # "concurrency=N" or "rate=R"
+    seconds: float
+    requests: int
+    images: int
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    client_cpu_seconds: float = 0.0
+
+    def summary(self) -> dict:
+        ordered = sorted(self.latencies_ms)
+
+        def pct(q: float) -> float | None:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else None
+
+        data = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        data.update(
+            requests_per_s=round(self.requests / self.seconds, 2),
+            images_per_s=round(self.images / self.seconds, 2),
+            p50_ms=pct(0.50),
+            p90_ms=pct(0.90),
+            p99_ms=pct(0.99),
+            max_ms=round(ordered[-1], 3) if ordered else None,
+            mean_ms=round(statistics.fmean(ordered), 3) if ordered else None,
+            client_cpu_percent=round(100 * self.client_cpu_seconds / self.seconds, 1),
+        )
+        return data
+
+
+def digits_images(count: int = 64) -> list[bytes]:
+    """PNG files of scikit-learn's digits (shipped in its wheel), encoded in memory."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    pixels = np.rint(load_digits().images[:count] * (255 / 16)).astype(np.uint8)
+    out = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def folder_images(folder: Path, count: int = 256) -> list[bytes]:
+    files = sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+    )
+    if not files:
+        raise ValueError(f"{folder}: no images found")
+    return [p.read_bytes() for p in files[:count]]
+
+
+def _payload(protocol: str, model: str, images: list[bytes]) -> Payload:
+    if protocol == "v1":
+        body = {"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
+        return Payload(
+            f"/v1/models/{model}:predict",
+            json.dumps(body).encode(),
+            {"content-type": "application/json"},
+            len(images),
+        )
+    if protocol == "v1-multipart":
+        parts = (
+            b"".join(
+                f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{n}.img"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n".encode()
+                + data
+                + b"\r\n"
+                for n, data in enumerate(images)
+            )
+            + f"--{_BOUNDARY}--\r\n".encode()
+        )
+        return Payload(
+            f"/v1/models/{model}:predict",
+            parts,
+            {"content-type": f"multipart/form-data; boundary={_BOUNDARY}"},
+            len(images),
+        )
+    if protocol == "v2":
+        body = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [len(images)],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(i).decode() for i in images],
+                }
+            ]
+        }
+        return Payload(
+            f"/v2/models/{model}/infer",
+            json.dumps(body).encode(),
+            {"content-type": "application/json"},
+            len(images),
+        )
+    if protocol == "v2-binary":
+        from service.v2_codec import serialize_bytes
+
+        raw = serialize_bytes(images)
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [len(images)],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        return Payload(
+            f"/v2/models/{model}/infer",
+            header + raw,
+            {"inference-header-content-length": str(len(header))},
+            len(images),
+        )
+    raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+
+
+def build_payloads(
+    protocol: str, model: str, images: list[bytes], per_request: int, count: int = 32
+) -> list[Payload]:
+    """``count`` request bodies, ``per_request`` images each, cycling through ``images``; encoded once."""
+    return [
+        _payload(protocol, model, [images[(i * per_request + j) % len(images)] for j in range(per_request)])
+        for i in range(count)
+    ]
+
+
+def _well_formed(response: httpx.Response, payload: Payload) -> bool:
+    if response.status_code != 200:
+        return False
+    if payload.path.endswith(":predict"):
+        return len(response.json().get("predictions", [])) == payload.images
+    length = response.headers.get("inference-header-content-length")
+    header = json.loads(response.content[: int(length)] if length else response.content)
+    return header["outputs"][0]["shape"][0] == payload.images
+
+
+class _Recorder:
+    """Counts requests sent inside the measurement window, including those that finish after it."""
+
+    def __init__(self, mode: str) -> None:
+        self.result = RunResult(mode=mode, seconds=0.0, requests=0, images=0)
+        self.window = (float("inf"), float("inf"))
+
+    def record(self, payload: Payload, outcome: str, sent_at: float, latency_s: float) -> None:
+        if not self.window[0] <= sent_at < self.window[1]:
+            return  # warm-up, or sent after the window closed
+        if outcome == "ok":
+            self.result.requests += 1
+            self.result.images += payload.images
+            self.result.latencies_ms.append(latency_s * 1000)
+        else:
+            self.result.errors[outcome] = self.result.errors.get(outcome, 0) + 1
+
+
+async def _send(http: httpx.AsyncClient, payload: Payload) -> str:
+    try:
+        response = await http.post(payload.path, content=payload.content, headers=payload.headers)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    if response.status_code != 200:
+        return str(response.status_code)
+    return "ok" if _well_formed(response, payload) else "malformed"
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _measure(recorder: _Recorder, warmup_s: float, duration_s: float, load) -> RunResult:
+    stop = asyncio.Event()
+    task = asyncio.create_task(load(stop))
+    await asyncio.sleep(warmup_s)
+    started, cpu = time.perf_counter(), _cpu()
+    recorder.window = (started, started + duration_s)
+    await asyncio.sleep(duration_s)
+    stop.set()  # no new requests; the ones in flight finish and are counted
+    await asyncio.wait_for(task, timeout=120)
+    recorder.result.seconds = duration_s
+    recorder.result.client_cpu_seconds = _cpu() - cpu
+    return recorder.result
+
+
+async def run_closed_loop(
+    url: str, payloads: list[Payload], concurrency: int, warmup_s: float, duration_s: float
+) -> RunResult:
+    recorder = _Recorder(f"concurrency={concurrency}")
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
+        async def client(index: int, stop: asyncio.Event) -> None:
+            turn = index
+            while not stop.is_set():
+                payload = payloads[turn % len(payloads)]
+                started = time.perf_counter()
+                outcome = await _send(http, payload)
+                recorder.record(payload, outcome, started, time.perf_counter() - started)
+                turn += concurrency
+
+        async def load(stop: asyncio.Event) -> None:
+            await asyncio.gather(*(client(i, stop) for i in range(concurrency)))
+
+        return await _measure(recorder, warmup_s, duration_s, load)
+
+
+async def run_open_loop(
+    url: str, payloads: list[Payload], rate: float, warmup_s: float, duration_s: float, seed: int = 0
+) -> RunResult:
+    recorder = _Recorder(f"rate={rate:g}")
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
+        async def one(payload: Payload, scheduled: float) -> None:
+            outcome = await _send(http, payload)
+            recorder.record(payload, outcome, scheduled, time.perf_counter() - scheduled)  # from the schedule
+
+        async def load(stop: asyncio.Event) -> None:
+            pending: set[asyncio.Task] = set()
+            next_at, turn = time.perf_counter(), 0
+            while not stop.is_set():
+                next_at += rng.expovariate(rate)
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(one(payloads[turn % len(payloads)], next_at))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                turn += 1
+            await asyncio.gather(*pending)
+
+        return await _measure(recorder, warmup_s, duration_s, load)
+
+
+def write_report(results: list[RunResult], meta: dict, folder: Path) -> Path:
+    """results.json, results.md and latency-vs-throughput.png in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summaries = [r.summary() for r in results]
+    (folder / "results.json").write_text(json.dumps({**meta, "runs": summaries}, indent=1) + "\n")
+    lines = [
+        f"# Load: {meta['protocol']} against {meta['url']} ({meta['model']}), {meta['images_per_request']} image(s) per request",
+        "",
+        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['date']}; warm-up {meta['warmup_s']} s, "
+        f"then {meta['duration_s']} s per step. Client CPU is the load generator's own use of one core.",
+        "",
+        "| load | requests/s | images/s | p50 ms | p90 ms | p99 ms | max ms | errors | client CPU % |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        *(
+            f"| {s['mode']} | {s['requests_per_s']} | {s['images_per_s']} | {s['p50_ms']} | {s['p90_ms']} | "
+            f"{s['p99_ms']} | {s['max_ms']} | {', '.join(f'{k}: {v}' for k, v in s['errors'].items()) or 0} | "
+            f"{s['client_cpu_percent']} |"
+            for s in summaries
+        ),
+        "",
+        "![latency against throughput](latency-vs-throughput.png)",
+        "",
+    ]
+    (folder / "results.md").write_text("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    throughput = [s["images_per_s"] for s in summaries]
+    for key in ("p50_ms", "p99_ms"):
+        ax.plot(throughput, [s[key] for s in summaries], marker="o", label=key.removesuffix("_ms"))
+    for s, x in zip(summaries, throughput, strict=True):
+        ax.annotate(s["mode"], (x, s["p99_ms"] or 0), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="images/s", ylabel="latency (ms)", title=f"{meta['model']} over {meta['protocol']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "latency-vs-throughput.png", dpi=100)
+    plt.close(fig)
+    return folder

@@ -1,0 +1,65 @@
+"""`imgcls bench load` against a live server: every protocol, closed and open loop, files written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.load import PROTOCOLS, build_payloads, digits_images
+from service.v2_codec import parse_infer_request
+from trainer.cli import main
+
+
+def test_v2_binary_payloads_parse_back_to_the_images():
+    images = digits_images(3)
+    (payload,) = build_payloads("v2-binary", "digits", images, per_request=3, count=1)
+    parsed = parse_infer_request(payload.content, int(payload.headers["inference-header-content-length"]))
+    assert parsed.inputs[0].data == images
+    assert parsed.outputs[0].binary is True
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_closed_loop_over_every_protocol_reports_clean_results(
+    server_url: str, tmp_path: Path, capsys, protocol: str
+):
+    code = main(
+        ["bench", "load", "--url", f"http://{server_url}", "--model", "tiny", "--protocol", protocol,
+         "--concurrency", "1,2", "--duration", "0.6", "--warmup", "0.2", "--images-per-request", "2",
+         "--out", str(tmp_path), "--name", protocol]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (folder,) = tmp_path.iterdir()
+    result = json.loads((folder / "results.json").read_text())
+    assert [run["mode"] for run in result["runs"]] == ["concurrency=1", "concurrency=2"]
+    for run in result["runs"]:
+        assert run["requests"] > 0 and run["errors"] == {}
+        assert run["images"] == 2 * run["requests"]
+        assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+    assert (folder / "results.md").read_text().startswith("# Load:")
+    assert (folder / "latency-vs-throughput.png").stat().st_size > 0
+
+
+def test_open_loop_sends_at_the_requested_rate(server_url: str, tmp_path: Path, capsys):
+    code = main(
+        ["bench", "load", "--url", f"http://{server_url}", "--model", "tiny", "--rate", "40",
+         "--duration", "1.5", "--warmup", "0.2", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    (folder,) = tmp_path.iterdir()
+    (run,) = json.loads((folder / "results.json").read_text())["runs"]
+    assert run["mode"] == "rate=40" and run["errors"] == {}
+    assert 15 <= run["requests"] <= 120  # Poisson around 60 in 1.5 s
+
+
+def test_errors_are_counted_by_status_not_hidden(server_url: str, tmp_path: Path, capsys):
+    code = main(
+        ["bench", "load", "--url", f"http://{server_url}", "--model", "missing", "--concurrency", "1",
+         "--duration", "0.3", "--warmup", "0", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    (folder,) = tmp_path.iterdir()
+    (run,) = json.loads((folder / "results.json").read_text())["runs"]
+    assert run["requests"] == 0 and run["errors"].get("404", 0) > 0
