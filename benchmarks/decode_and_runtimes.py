@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.machine import machine
 
-from train_digits import machine  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def per_call(fn, seconds: float = 2.0) -> float:

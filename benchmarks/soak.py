@@ -25,11 +25,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
+from benchmarks.machine import machine
 
-from train_digits import machine  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rss_bytes(pid: int) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from service.errors import BadInputError, DeadlineExceededError, QueueFullError
 
-__all__ = ["BatchRunner", "BatchStats", "DynamicBatcher"]
+__all__ = ["BatchRunner", "BatchStats", "DynamicBatcher", "doubling_batch_sizes"]
 
 log = logging.getLogger("imgcls.batcher")
 
@@ -29,6 +29,16 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 BatchRunner = Callable[[list[Any]], Awaitable[Sequence[Any]]]
+
+
+def doubling_batch_sizes(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... and ``max_batch_size`` itself: the sizes warmed up, and the batch-size histogram buckets."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if max_batch_size > 1:
+        sizes.append(max_batch_size)
+    return sizes
 
 
 @dataclass

@@ -23,7 +23,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from service.batcher import BatchStats
+from service.batcher import BatchStats, doubling_batch_sizes
 
 __all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "ServiceMetrics", "batch_size_buckets"]
 
@@ -37,12 +37,7 @@ REJECT_REASONS = ("queue_full", "deadline", "bad_input", "too_large", "unauthori
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
     """1, 2, 4, ... up to and including the largest batch the batcher may form."""
-    buckets = [1]
-    while buckets[-1] * 2 < max_batch_size:
-        buckets.append(buckets[-1] * 2)
-    if buckets[-1] != max_batch_size:
-        buckets.append(max_batch_size)
-    return tuple(float(b) for b in buckets)
+    return tuple(float(size) for size in doubling_batch_sizes(max_batch_size))
 
 
 class _LiveModelCollector:

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.batcher import BatchStats, DynamicBatcher
+from service.batcher import BatchStats, DynamicBatcher, doubling_batch_sizes
 from service.errors import BadInputError, InferenceFailedError, ModelNotReadyError
 from service.preprocess import Preprocessor
 from service.repository import BundleRef
@@ -24,7 +24,7 @@ from service.runtimes import Runtime, choose_runtime
 from service.settings import ModelSettings
 from trainer.errors import ImgclsError
 
-__all__ = ["ModelWorker", "NonFiniteOutputError", "warmup_sizes"]
+__all__ = ["ModelWorker", "NonFiniteOutputError"]
 
 log = logging.getLogger("imgcls.worker")
 
@@ -33,15 +33,6 @@ State = Literal["loading", "ready", "failed", "stopped"]
 
 class NonFiniteOutputError(RuntimeError):
     """The runtime returned NaN or inf for some images."""
-
-
-def warmup_sizes(max_batch_size: int) -> list[int]:
-    sizes = [1]
-    while sizes[-1] * 2 < max_batch_size:
-        sizes.append(sizes[-1] * 2)
-    if max_batch_size > 1:
-        sizes.append(max_batch_size)
-    return sizes
 
 
 class ModelWorker:
@@ -88,7 +79,7 @@ class ModelWorker:
         if self.settings.warmup:
             shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
             try:
-                for size in warmup_sizes(self.settings.batching.max_batch_size):
+                for size in doubling_batch_sizes(self.settings.batching.max_batch_size):
                     runtime.infer(np.zeros((size, *shape), dtype=np.float32))
             except BaseException:
                 runtime.close()  # do not leak a half-warmed runtime (GPU memory)

@@ -289,7 +289,7 @@ def bench_load(
         run_open_loop,
         write_report,
     )
-    from benchmarks.train_digits import machine
+    from benchmarks.machine import machine
 
     if protocol not in PROTOCOLS:
         raise click.BadParameter(f"{protocol!r}; valid: {', '.join(PROTOCOLS)}", param_hint="--protocol")
