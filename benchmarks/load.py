@@ -3,7 +3,8 @@
 Closed loop (`--concurrency 1,8,32`: that many clients, each sending its next request when the last
 one answers) or open loop (`--rate R`: Poisson arrivals at R requests/s, latency measured from each
 request's scheduled send time, so a slow server cannot hide its queueing by slowing the client down:
-no coordinated omission). Payloads are encoded once, up front; connections are reused; the client's
+no coordinated omission). Requests are encoded to bytes once, up front, and sent over kept-alive
+connections by a minimal HTTP/1.1 client (``benchmarks.http1``) on uvloop; the client's
 own CPU use is reported so a reader can tell whether the client was the bottleneck. Every response is
 checked: the right status and one prediction per image.
 """
@@ -12,30 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
-import random
 import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import httpx
+from benchmarks.http1 import Connection, HttpResponse, Target, encode_request
+from benchmarks.stats import percentile, poisson_arrivals
 
 __all__ = [
     "PROTOCOLS",
     "Payload",
     "RunResult",
     "build_payloads",
-    "digits_images",
-    "folder_images",
+    "run",
     "run_closed_loop",
     "run_open_loop",
 ]
 
 PROTOCOLS = ("v1", "v1-multipart", "v2", "v2-binary")
 _BOUNDARY = "imgcls-bench-boundary"
+REQUEST_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class RunResult:
         ordered = sorted(self.latencies_ms)
 
         def pct(q: float) -> float | None:
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else None
+            return round(percentile(ordered, q), 3) if ordered else None
 
         data = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
         data.update(
@@ -74,32 +74,6 @@ class RunResult:
             client_cpu_percent=round(100 * self.client_cpu_seconds / self.seconds, 1),
         )
         return data
-
-
-def digits_images(count: int = 64) -> list[bytes]:
-    """PNG files of scikit-learn's digits (shipped in its wheel), encoded in memory."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    pixels = np.rint(load_digits().images[:count] * (255 / 16)).astype(np.uint8)
-    out = []
-    for image in pixels:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
-
-
-def folder_images(folder: Path, count: int = 256) -> list[bytes]:
-    files = sorted(
-        p
-        for p in Path(folder).rglob("*")
-        if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
-    )
-    if not files:
-        raise ValueError(f"{folder}: no images found")
-    return [p.read_bytes() for p in files[:count]]
 
 
 def _payload(protocol: str, model: str, images: list[bytes]) -> Payload:
@@ -181,13 +155,11 @@ def build_payloads(
     ]
 
 
-def _well_formed(response: httpx.Response, payload: Payload) -> bool:
-    if response.status_code != 200:
-        return False
+def _well_formed(response: HttpResponse, payload: Payload) -> bool:
     if payload.path.endswith(":predict"):
-        return len(response.json().get("predictions", [])) == payload.images
+        return len(json.loads(response.body).get("predictions", [])) == payload.images
     length = response.headers.get("inference-header-content-length")
-    header = json.loads(response.content[: int(length)] if length else response.content)
+    header = json.loads(response.body[: int(length)] if length else response.body)
     return header["outputs"][0]["shape"][0] == payload.images
 
 
@@ -209,14 +181,20 @@ class _Recorder:
             self.result.errors[outcome] = self.result.errors.get(outcome, 0) + 1
 
 
-async def _send(http: httpx.AsyncClient, payload: Payload) -> str:
+async def _send(connection: Connection, payload: Payload, raw: bytes) -> str:
     try:
-        response = await http.post(payload.path, content=payload.content, headers=payload.headers)
-    except httpx.HTTPError as exc:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            response = await connection.send(raw)
+    except TimeoutError:
+        return "timeout"
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
         return type(exc).__name__
-    if response.status_code != 200:
-        return str(response.status_code)
-    return "ok" if _well_formed(response, payload) else "malformed"
+    if response.status != 200:
+        return str(response.status)
+    try:
+        return "ok" if _well_formed(response, payload) else "malformed"
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "malformed"
 
 
 def _cpu() -> float:
@@ -242,51 +220,72 @@ async def run_closed_loop(
     url: str, payloads: list[Payload], concurrency: int, warmup_s: float, duration_s: float
 ) -> RunResult:
     recorder = _Recorder(f"concurrency={concurrency}")
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    target = Target.parse(url)
+    raws = [encode_request(target, p.path, p.content, p.headers) for p in payloads]
 
-        async def client(index: int, stop: asyncio.Event) -> None:
-            turn = index
+    async def client(index: int, stop: asyncio.Event) -> None:
+        connection = Connection(target)  # one keep-alive connection per client, like a browser tab
+        turn = index
+        try:
             while not stop.is_set():
                 payload = payloads[turn % len(payloads)]
                 started = time.perf_counter()
-                outcome = await _send(http, payload)
+                outcome = await _send(connection, payload, raws[turn % len(payloads)])
                 recorder.record(payload, outcome, started, time.perf_counter() - started)
                 turn += concurrency
+        finally:
+            connection.close()
 
-        async def load(stop: asyncio.Event) -> None:
-            await asyncio.gather(*(client(i, stop) for i in range(concurrency)))
+    async def load(stop: asyncio.Event) -> None:
+        await asyncio.gather(*(client(i, stop) for i in range(concurrency)))
 
-        return await _measure(recorder, warmup_s, duration_s, load)
+    return await _measure(recorder, warmup_s, duration_s, load)
 
 
 async def run_open_loop(
     url: str, payloads: list[Payload], rate: float, warmup_s: float, duration_s: float, seed: int = 0
 ) -> RunResult:
     recorder = _Recorder(f"rate={rate:g}")
-    rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    target = Target.parse(url)
+    raws = [encode_request(target, p.path, p.content, p.headers) for p in payloads]
+    idle: list[Connection] = []  # a request takes a free connection or opens one: arrivals never wait for one
 
-        async def one(payload: Payload, scheduled: float) -> None:
-            outcome = await _send(http, payload)
-            recorder.record(payload, outcome, scheduled, time.perf_counter() - scheduled)  # from the schedule
+    async def one(index: int, scheduled: float) -> None:
+        connection = idle.pop() if idle else Connection(target)
+        outcome = await _send(connection, payloads[index], raws[index])
+        recorder.record(
+            payloads[index], outcome, scheduled, time.perf_counter() - scheduled
+        )  # from the schedule
+        idle.append(connection)
 
-        async def load(stop: asyncio.Event) -> None:
-            pending: set[asyncio.Task] = set()
-            next_at, turn = time.perf_counter(), 0
-            while not stop.is_set():
-                next_at += rng.expovariate(rate)
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(one(payloads[turn % len(payloads)], next_at))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                turn += 1
-            await asyncio.gather(*pending)
+    async def load(stop: asyncio.Event) -> None:
+        pending: set[asyncio.Task] = set()
+        start = time.perf_counter()
+        for turn, offset in enumerate(poisson_arrivals(rate, seed)):
+            if stop.is_set():
+                break
+            next_at = start + offset
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(turn % len(payloads), next_at))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+        for connection in idle:
+            connection.close()
 
-        return await _measure(recorder, warmup_s, duration_s, load)
+    return await _measure(recorder, warmup_s, duration_s, load)
+
+
+def run(coroutine):
+    """Run a load coroutine on uvloop where it is installed (less client CPU per request)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
 
 
 def write_report(results: list[RunResult], meta: dict, folder: Path) -> Path:

@@ -17,9 +17,20 @@ from service.errors import BadInputError
 from trainer.manifest import PreprocessSpec
 from trainer.transforms import decode_to_tensor, eval_transform
 
-__all__ = ["ACCEPTED_FORMATS", "Preprocessor"]
+__all__ = ["ACCEPTED_FORMATS", "Preprocessor", "init_decode_thread"]
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+
+
+def init_decode_thread() -> None:
+    """Run once on each decode thread: torch computes this thread's ops on this thread alone.
+
+    Parallelism across images comes from the pool's threads; torch's intra-op threads on top (its
+    default, all cores, per decoding thread) more than doubled the CPU each image cost on a 2-core
+    machine (see benchmarks/README.md). The count is per thread in torch's OpenMP backend, and the
+    runtimes set their own on the inference thread.
+    """
+    torch.set_num_threads(1)
 
 
 class Preprocessor:

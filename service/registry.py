@@ -6,6 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from service.errors import ModelNotFoundError, ModelNotReadyError
+from service.preprocess import init_decode_thread
 from service.repository import BundleRef, ModelRepository
 from service.settings import Settings
 from service.worker import ModelWorker
@@ -19,7 +20,9 @@ class ModelRegistry:
         self.observers = list(observers or [])  # handed to every worker (metrics)
         self.repository = ModelRepository(settings.model_repo)
         self.decode_pool = ThreadPoolExecutor(
-            max_workers=settings.decode_threads, thread_name_prefix="decode"
+            max_workers=settings.decode_threads,
+            thread_name_prefix="decode",
+            initializer=init_decode_thread,
         )
         self.workers: dict[str, dict[int, ModelWorker]] = {}
         self.loaded = asyncio.Event()  # set once every bundle has been tried

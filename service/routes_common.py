@@ -8,6 +8,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
@@ -20,7 +21,7 @@ from service.errors import (
 )
 from service.registry import ModelRegistry
 
-__all__ = ["decompress", "error_response", "off_loop", "registry", "until_disconnect"]
+__all__ = ["decompress", "error_response", "off_loop", "registry", "top_k_indices", "until_disconnect"]
 
 log = logging.getLogger("imgcls.routes")
 
@@ -34,6 +35,19 @@ def error_response(status: int, message: str, retry_after_s: int | None = None) 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
     return error_response(exc.status, str(exc), exc.retry_after_s)
+
+
+def top_k_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``[N, classes]``, the indices of the ``k`` largest, largest first, ties to the lower
+    index: exactly ``argsort(-p, kind="stable")[:, :k]``, without sorting all classes on the event loop."""
+    if 4 * k >= probabilities.shape[1]:
+        return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    out = np.empty((len(probabilities), k), dtype=np.intp)
+    for row, values in enumerate(probabilities):
+        kth = np.partition(values, -k)[-k]
+        candidates = np.flatnonzero(values >= kth)  # every tie at the boundary, in index order
+        out[row] = candidates[np.argsort(-values[candidates], kind="stable")[:k]]
+    return out
 
 
 def registry(request: Request) -> ModelRegistry:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 
 from service.errors import BadInputError, UnsupportedMediaTypeError
 from service.jsonlimits import check_json_depth
-from service.routes_common import off_loop, registry, until_disconnect
+from service.routes_common import off_loop, registry, top_k_indices, until_disconnect
 from service.v2_codec import decode_base64
 from service.worker import ModelWorker
 
@@ -24,16 +24,11 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-def _top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[dict]:
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [{"label": labels[i], "index": int(i), "score": float(probabilities[i])} for i in order]
-
-
 def predictions(worker: ModelWorker, probabilities: np.ndarray, k: int) -> list[dict]:
     labels = worker.ref.manifest.labels
     out = []
-    for row in probabilities:
-        ranked = _top_k(row, labels, k)
+    for row, order in zip(probabilities, top_k_indices(probabilities, k), strict=True):
+        ranked = [{"label": labels[i], "index": int(i), "score": float(row[i])} for i in order]
         out.append({**ranked[0], "top_k": ranked})
     return out
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 import trainer
 from service.errors import BadInputError
-from service.routes_common import decompress, off_loop, registry, until_disconnect
+from service.routes_common import decompress, off_loop, registry, top_k_indices, until_disconnect
 from service.v2_codec import InferRequest, OutputTensor, encode_infer_response, parse_infer_request
 from service.worker import ModelWorker
 
@@ -182,7 +182,7 @@ def _outputs(parsed: InferRequest, worker: ModelWorker, probabilities: np.ndarra
         k = request_output.classification if request_output is not None else None
         if k:
             k = min(k, len(labels))
-            top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+            top = top_k_indices(probabilities, k)
             strings = [
                 f"{probabilities[row, index]:.6f}:{index}:{labels[index]}".encode()
                 for row in range(len(probabilities))

@@ -12,6 +12,7 @@ dedicated executor thread (see ``service.worker``).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -72,6 +73,10 @@ class OnnxRuntime(Runtime):
         options.inter_op_num_threads = 1  # one batch at a time per model: parallelism is inside each op
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        import os
+
+        if os.environ.get("EXP_NOSPIN"):
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -97,10 +102,10 @@ class TorchScriptRuntime(Runtime):
     ) -> None:
         import torch
 
-        if intra_op_threads:
-            torch.set_num_threads(
-                intra_op_threads
-            )  # process-wide in torch: the service sets one value for all
+        if device == "cpu":
+            # Called on the inference thread, which is the thread that runs the model. Explicit, because
+            # the decode threads set 1 for themselves and threads started later inherit that.
+            torch.set_num_threads(intra_op_threads or len(os.sched_getaffinity(0)))
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeUnavailableError("no CUDA device for TorchScript on cuda")
         with warnings.catch_warnings():

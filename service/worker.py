@@ -121,6 +121,13 @@ class ModelWorker:
         self.batcher.start()
         self.state = "ready"
         log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
+        if self.ref.manifest.weights == "random_init":
+            log.warning(
+                "%s v%d has random weights (imgcls export --random-init): for speed tests only, "
+                "its predictions mean nothing",
+                self.name,
+                self.version,
+            )
 
     def _observe(self, stats: BatchStats) -> None:
         for observer in self.observers:

@@ -135,7 +135,9 @@ def train(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Option("--run", help="The run folder (runs/<name>).")],
+    run_dir: Annotated[
+        Path | None, typer.Option("--run", help="The run folder (runs/<name>) to export.")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Bundle folder models/NAME/VERSION (default: from the config)."),
@@ -144,19 +146,57 @@ def export(
         str | None, typer.Option(help="Comma-separated: torchscript,onnx (default: export.formats).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle of the same version.")] = False,
+    random_init: Annotated[
+        bool,
+        typer.Option(
+            "--random-init", help="No run: a speed bundle of --model with random weights (needs --out)."
+        ),
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="With --random-init: architecture; see `imgcls models`.")
+    ] = None,
+    num_classes: Annotated[int, typer.Option(help="With --random-init: number of classes.")] = 1000,
+    image_size: Annotated[int, typer.Option(help="With --random-init: input size in pixels (square).")] = 224,
+    color_mode: Annotated[str, typer.Option(help="With --random-init: RGB or L.")] = "RGB",
 ) -> None:
-    """Export a run's best checkpoint to a verified model bundle (manifest, TorchScript, ONNX)."""
-    from trainer.export import export_bundle
+    """Export a run's best checkpoint to a verified model bundle (manifest, TorchScript, ONNX).
 
-    out_dir = name = version = None
-    if out is not None:
-        if not out.name.isdigit() or int(out.name) < 1:
-            raise click.BadParameter(
-                f"{out}: the last folder must be the version number, e.g. models/digits/1", param_hint="--out"
-            )
-        out_dir, name, version = out.parent.parent, out.parent.name, int(out.name)
+    With --random-init, write a complete bundle for any registry model with random weights instead:
+    speed does not depend on trained weights, so benchmarks and capacity tests need no training.
+
+    Example: imgcls export --random-init --model mobilenet_v3_small --num-classes 1000 --image-size 224 --out models/mobilenet_v3_small/1
+    """
+    from trainer.export import export_bundle, export_random_init
+
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None
-    result = export_bundle(run_dir, out_dir=out_dir, name=name, version=version, formats=chosen, force=force)
+    if random_init:
+        if run_dir is not None:
+            raise click.UsageError("--random-init exports no run; drop --run")
+        if model is None or out is None:
+            raise click.UsageError("--random-init needs --model and --out (models/NAME/VERSION)")
+        result = export_random_init(
+            model,
+            num_classes,
+            image_size,
+            out,
+            color_mode=color_mode,
+            formats=chosen,
+            force=force,
+        )
+    else:
+        if run_dir is None:
+            raise click.UsageError("give --run RUN_DIR, or --random-init --model NAME for a speed bundle")
+        out_dir = name = version = None
+        if out is not None:
+            if not out.name.isdigit() or int(out.name) < 1:
+                raise click.BadParameter(
+                    f"{out}: the last folder must be the version number, e.g. models/digits/1",
+                    param_hint="--out",
+                )
+            out_dir, name, version = out.parent.parent, out.parent.name, int(out.name)
+        result = export_bundle(
+            run_dir, out_dir=out_dir, name=name, version=version, formats=chosen, force=force
+        )
     for artifact in result.manifest.artifacts:
         parity = artifact.parity
         typer.echo(
@@ -249,8 +289,54 @@ def predict(
     typer.echo(f"model {answer['model_name']} v{answer['model_version']}")
 
 
-bench_app = typer.Typer(help="Measure: load-test a running service.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Measure: load-test a service, time runtimes in-process, compare batching settings and peer servers.",
+    no_args_is_help=True,
+)
 app.add_typer(bench_app, name="bench")
+
+_IMAGES_HELP = "A folder of images to cycle through."
+_JPEG_HELP = "Synthetic photo-like JPEGs of this size instead, e.g. 320x240."
+
+
+def _bench_images(images: Path | None, jpeg: str | None, default: str) -> tuple[list[bytes], str]:
+    """The request images and a description of them, from --images or --jpeg (else ``default``)."""
+    from benchmarks.images import digits_images, folder_images, parse_size, synthetic_jpegs
+
+    if images is not None and jpeg is not None:
+        raise click.UsageError("give --images or --jpeg, not both")
+    if images is not None:
+        try:
+            return folder_images(images), f"files from {images}"
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--images") from None
+    spec = jpeg or (None if default == "digits" else default)
+    if spec is None:
+        return digits_images(), "scikit-learn digits, 8x8 PNG"
+    try:
+        width, height = parse_size(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--jpeg") from None
+    return synthetic_jpegs(16, width, height), f"synthetic {width}x{height} JPEG (quality 90)"
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of positive integers", param_hint=option
+        )
+    return values
+
+
+def _result_folder(out: Path, name: str) -> Path:
+    import platform
+    from datetime import date
+
+    return out / f"{date.today().isoformat()}-{platform.node()}-{name}"
 
 
 @bench_app.command("load")
@@ -269,44 +355,28 @@ def bench_load(
     duration: Annotated[float, typer.Option(help="Seconds measured per step.")] = 10.0,
     warmup: Annotated[float, typer.Option(help="Seconds of load before measuring each step.")] = 2.0,
     images_per_request: Annotated[int, typer.Option(help="Images in each request.")] = 1,
-    images: Annotated[
-        Path | None, typer.Option(help="A folder of images to cycle through (default: the embedded digits).")
-    ] = None,
+    images: Annotated[Path | None, typer.Option(help=_IMAGES_HELP + " Default: the embedded digits.")] = None,
+    jpeg: Annotated[str | None, typer.Option(help=_JPEG_HELP)] = None,
     name: Annotated[str, typer.Option(help="Result folder suffix.")] = "load",
     out: Annotated[Path, typer.Option(help="Where results go.")] = Path("benchmarks/results"),
 ) -> None:
     """Load-test an imgcls URL (closed or open loop); write JSON, Markdown and a latency plot."""
-    import asyncio
-    import platform
     from datetime import date
 
-    from benchmarks.load import (
-        PROTOCOLS,
-        build_payloads,
-        digits_images,
-        folder_images,
-        run_closed_loop,
-        run_open_loop,
-        write_report,
-    )
+    from benchmarks.load import PROTOCOLS, build_payloads, run, run_closed_loop, run_open_loop, write_report
     from benchmarks.machine import machine
 
     if protocol not in PROTOCOLS:
         raise click.BadParameter(f"{protocol!r}; valid: {', '.join(PROTOCOLS)}", param_hint="--protocol")
-    try:
-        steps = [int(c) for c in concurrency.split(",") if c.strip()]
-    except ValueError:
-        raise click.BadParameter(
-            f"{concurrency!r} is not a comma-separated list of integers", param_hint="--concurrency"
-        ) from None
-    pictures = folder_images(images) if images is not None else digits_images()
+    steps = _int_list(concurrency, "--concurrency")
+    pictures, described = _bench_images(images, jpeg, "digits")
     payloads = build_payloads(protocol, model, pictures, images_per_request)
     results = []
     if rate is not None:
-        results.append(asyncio.run(run_open_loop(url, payloads, rate, warmup, duration)))
+        results.append(run(run_open_loop(url, payloads, rate, warmup, duration)))
     else:
         for clients in steps:
-            results.append(asyncio.run(run_closed_loop(url, payloads, clients, warmup, duration)))
+            results.append(run(run_closed_loop(url, payloads, clients, warmup, duration)))
     for result in results:
         summary = result.summary()
         typer.echo(
@@ -321,10 +391,256 @@ def bench_load(
         "model": model,
         "protocol": protocol,
         "images_per_request": images_per_request,
+        "images": described,
         "warmup_s": warmup,
         "duration_s": duration,
     }
-    folder = write_report(results, meta, out / f"{meta['date']}-{platform.node()}-{name}")
+    folder = write_report(results, meta, _result_folder(out, name))
+    typer.echo(f"wrote {folder}")
+
+
+@bench_app.command("runtimes")
+def bench_runtimes_command(
+    bundle: Annotated[Path, typer.Option(help="Bundle folder models/NAME/VERSION.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,2,4,8,16,32,64",
+    seconds: Annotated[float, typer.Option(help="Seconds timed per runtime and batch size.")] = 2.0,
+    ceiling_seconds: Annotated[float, typer.Option(help="Seconds per pipeline setting.")] = 4.0,
+    intra_op_threads: Annotated[
+        int | None, typer.Option(help="Runtime threads (default: the runtime's own, all cores).")
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help=_IMAGES_HELP)] = None,
+    jpeg: Annotated[str | None, typer.Option(help=_JPEG_HELP + " Default: 320x240.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Result folder suffix (default: runtimes-MODEL-DEVICE).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where results go.")] = Path("benchmarks/results"),
+) -> None:
+    """Time every runtime for a bundle in-process (batch 1..64), preprocessing per decoder, and the
+    in-process ceiling (decode + preprocess + inference with all cores) the service is measured against."""
+    from datetime import date
+
+    from benchmarks.machine import machine
+    from benchmarks.runtimes import bench_runtimes, write_runtimes_report
+    from trainer.manifest import load_manifest
+
+    load_manifest(bundle)  # a clear error before any timing
+    pictures, described = _bench_images(images, jpeg, "320x240")
+    document = bench_runtimes(
+        bundle,
+        pictures,
+        device=device,
+        batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+        seconds=seconds,
+        ceiling_seconds=ceiling_seconds,
+        intra_op_threads=intra_op_threads,
+        log=typer.echo,
+    )
+    document = {"date": date.today().isoformat(), "machine": machine(), "images": described, **document}
+    folder = write_runtimes_report(
+        document, _result_folder(out, name or f"runtimes-{document['model']}-{document['device']}")
+    )
+    best = document["ceiling"]
+    typer.echo(
+        f"in-process ceiling: {best['images_per_s']} images/s ({best['runtime']}, {best['decode_threads']} decode "
+        f"threads, batch <= {best['batch_size']}); single image p50 {document['single_image_latency_ms']['p50']} ms"
+    )
+    typer.echo(f"wrote {folder}")
+
+
+def _single_model_repo(bundle: Path) -> tuple[Path, str]:
+    """A temporary model repository holding only ``bundle`` (a link), so a started server loads nothing else."""
+    import tempfile
+
+    from trainer.manifest import load_manifest
+
+    manifest = load_manifest(bundle)
+    repo = Path(tempfile.mkdtemp(prefix="imgcls-bench-repo-"))
+    (repo / manifest.name).mkdir()
+    (repo / manifest.name / str(manifest.version)).symlink_to(bundle.resolve(), target_is_directory=True)
+    return repo, manifest.name
+
+
+def _server_payloads(protocol: str, model: str, images: Path | None, jpeg: str | None):
+    from benchmarks.load import PROTOCOLS, build_payloads
+
+    if protocol not in PROTOCOLS:
+        raise click.BadParameter(f"{protocol!r}; valid: {', '.join(PROTOCOLS)}", param_hint="--protocol")
+    pictures, described = _bench_images(images, jpeg, "320x240")
+    return build_payloads(protocol, model, pictures, 1), pictures, described
+
+
+@bench_app.command("batching")
+def bench_batching(
+    bundle: Annotated[Path, typer.Option(help="Bundle folder models/NAME/VERSION.")],
+    settings: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated MAX_BATCH_SIZE[@MAX_QUEUE_DELAY_MS]; 1 is batching off.",
+        ),
+    ] = "1,8@0,32@0,32@2,32@5",
+    concurrency: Annotated[int, typer.Option(help="Closed-loop clients.")] = 32,
+    protocol: Annotated[str, typer.Option(help="v1, v1-multipart, v2 or v2-binary.")] = "v1",
+    duration: Annotated[float, typer.Option(help="Seconds measured per setting.")] = 15.0,
+    warmup: Annotated[float, typer.Option(help="Seconds of load before measuring.")] = 3.0,
+    images: Annotated[Path | None, typer.Option(help=_IMAGES_HELP)] = None,
+    jpeg: Annotated[str | None, typer.Option(help=_JPEG_HELP + " Default: 320x240.")] = None,
+    name: Annotated[str | None, typer.Option(help="Result folder suffix (default: batching-MODEL).")] = None,
+    out: Annotated[Path, typer.Option(help="Where results go.")] = Path("benchmarks/results"),
+) -> None:
+    """Start `imgcls serve` with batching off and with each setting, drive the same load, tabulate."""
+    from datetime import date
+
+    from benchmarks.batching import parse_settings, run_setting
+    from benchmarks.machine import machine
+    from benchmarks.report import LOAD_COLUMNS, machine_line, write_table_report
+
+    try:
+        chosen = parse_settings(settings)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--settings") from None
+    repo, model = _single_model_repo(bundle)
+    payloads, _, described = _server_payloads(protocol, model, images, jpeg)
+    rows = []
+    for setting in chosen:
+        row = run_setting(
+            setting, repo, payloads, concurrency=concurrency, warmup_s=warmup, duration_s=duration
+        )
+        rows.append(row)
+        typer.echo(
+            f"{row['setting']:<50} {row['requests_per_s']:>8} req/s  p50 {row['p50_ms']} ms  "
+            f"p99 {row['p99_ms']} ms  mean batch {row['mean_batch']}  errors {sum(row['errors'].values())}"
+        )
+    document = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "bundle": str(bundle),
+        "model": model,
+        "protocol": protocol,
+        "images": described,
+        "concurrency": concurrency,
+        "warmup_s": warmup,
+        "duration_s": duration,
+        "rows": rows,
+    }
+    folder = write_table_report(
+        _result_folder(out, name or f"batching-{model}"),
+        document,
+        title=f"Dynamic batching: {model}, {concurrency} closed-loop clients over {protocol}",
+        intro=[
+            f"{machine_line(document)}. Images: {described}, one per request. Each setting starts a fresh "
+            f"`imgcls serve`; warm-up {warmup} s, then {duration} s measured. Mean batch is what the service "
+            "formed (its imgcls_batch_size histogram, warm-up included)."
+        ],
+        label_key="setting",
+        columns=(("setting", "setting"), *LOAD_COLUMNS, ("mean batch", "mean_batch")),
+    )
+    typer.echo(f"wrote {folder}")
+
+
+@bench_app.command("compare")
+def bench_compare(
+    bundle: Annotated[Path, typer.Option(help="Bundle folder models/NAME/VERSION.")],
+    concurrency: Annotated[str, typer.Option(help="Comma-separated closed-loop client counts.")] = "1,32",
+    max_batch_size: Annotated[
+        int, typer.Option(help="Batching limit, for imgcls and every batching peer.")
+    ] = 32,
+    max_queue_delay_ms: Annotated[
+        float, typer.Option(help="Batch wait, for imgcls and every batching peer.")
+    ] = 0.0,
+    duration: Annotated[float, typer.Option(help="Seconds measured per server and step.")] = 15.0,
+    warmup: Annotated[float, typer.Option(help="Seconds of load before measuring.")] = 3.0,
+    ceiling: Annotated[
+        bool, typer.Option("--ceiling/--no-ceiling", help="Measure the in-process ceiling first.")
+    ] = True,
+    images: Annotated[Path | None, typer.Option(help=_IMAGES_HELP)] = None,
+    jpeg: Annotated[str | None, typer.Option(help=_JPEG_HELP + " Default: 320x240.")] = None,
+    name: Annotated[str | None, typer.Option(help="Result folder suffix (default: compare-MODEL).")] = None,
+    out: Annotated[Path, typer.Option(help="Where results go.")] = Path("benchmarks/results"),
+) -> None:
+    """Run imgcls and each peer server (plain FastAPI, LitServe, Ray Serve; see benchmarks/peers/) one
+    after another on the same bundle and load; write one table. Peers need `pip install -e .[peers]`."""
+    from datetime import date
+
+    from benchmarks.compare import run_server, specs
+    from benchmarks.machine import machine
+    from benchmarks.report import LOAD_COLUMNS, machine_line, write_table_report
+
+    steps = _int_list(concurrency, "--concurrency")
+    repo, model = _single_model_repo(bundle)
+    payloads, pictures, described = _server_payloads("v1", model, images, jpeg)
+    reference: dict = {}
+    if ceiling:
+        from benchmarks.runtimes import measure_ceiling
+
+        reference = measure_ceiling(bundle, pictures, seconds=3.0, log=typer.echo)
+        typer.echo(
+            f"in-process ceiling {reference['ceiling']['images_per_s']} images/s; single image p50 "
+            f"{reference['single_image_latency_ms']['p50']} ms"
+        )
+    rows, skipped = [], {}
+    for spec, label, port, reason in specs(
+        repo, model, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, imgcls_env={}
+    ):
+        if spec is None:
+            skipped[label] = reason
+            typer.echo(f"skipped {label}: {reason}")
+            continue
+        for clients in steps:
+            row = {"server": label, "concurrency": clients}
+            row.update(
+                run_server(spec, port, payloads, concurrency=clients, warmup_s=warmup, duration_s=duration)
+            )
+            if reference:
+                row["share_of_ceiling"] = round(row["images_per_s"] / reference["ceiling"]["images_per_s"], 3)
+            rows.append(row)
+            typer.echo(
+                f"{label:<24} c={clients:<4} {row['requests_per_s']:>8} req/s  p50 {row['p50_ms']} ms  "
+                f"p99 {row['p99_ms']} ms  errors {sum(row['errors'].values())}"
+            )
+    for row in rows:
+        row["label"] = f"{row['server']} c={row['concurrency']}"
+    document = {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "bundle": str(bundle),
+        "model": model,
+        "protocol": "v1",
+        "images": described,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "warmup_s": warmup,
+        "duration_s": duration,
+        "reference": reference,
+        "skipped": skipped,
+        "rows": rows,
+    }
+    intro = [
+        f"{machine_line(document)}. Images: {described}, one per request, v1 JSON (base64). Same bundle, "
+        f"preprocessing and load for every server, one after another; batching servers get max_batch_size "
+        f"{max_batch_size}, max_queue_delay_ms {max_queue_delay_ms:g}. Warm-up {warmup} s, then {duration} s measured."
+    ]
+    if reference:
+        best = reference["ceiling"]
+        intro.append(
+            f"\nIn-process ceiling in this run: **{best['images_per_s']:,} images/s** ({best['runtime']}, "
+            f"{best['decode_threads']} decode threads, batches up to {best['batch_size']}); one image decoded "
+            f"and inferred in-process: p50 {reference['single_image_latency_ms']['p50']} ms."
+        )
+    folder = write_table_report(
+        _result_folder(out, name or f"compare-{model}"),
+        document,
+        title=f"imgcls and peers: {model} ({document['images']})",
+        intro=intro,
+        label_key="label",
+        columns=(
+            ("server", "server"),
+            ("clients", "concurrency"),
+            *LOAD_COLUMNS,
+            ("of ceiling", "share_of_ceiling"),
+        ),
+        outro=[f"Not run: {label}: {reason}." for label, reason in skipped.items()],
+    )
     typer.echo(f"wrote {folder}")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 import trainer
@@ -40,7 +41,14 @@ from trainer.models import create_model
 from trainer.rundir import RunDir, git_sha
 from trainer.transforms import eval_transform, load_image, preprocess_spec
 
-__all__ = ["ARTIFACT_FILES", "ExportResult", "export_bundle", "load_eager_model", "next_version"]
+__all__ = [
+    "ARTIFACT_FILES",
+    "ExportResult",
+    "export_bundle",
+    "export_random_init",
+    "load_eager_model",
+    "next_version",
+]
 
 ARTIFACT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 
@@ -173,53 +181,66 @@ _EXPORTERS = {
 }
 
 
-def export_bundle(
-    run_path: Path,
-    *,
-    out_dir: Path | None = None,
-    name: str | None = None,
-    version: int | None = None,
-    formats: tuple[str, ...] | None = None,
-    force: bool = False,
-) -> ExportResult:
-    """Write ``out_dir/name/version/`` from the run at ``run_path``; see the module docstring."""
-    run = RunDir(Path(run_path))
-    config = run.read_config()
-    labels = run.read_labels()
-    export_cfg = config.export
-    out_dir = Path(out_dir) if out_dir is not None else export_cfg.out_dir
-    name = name or default_bundle_name(config)
+def _check_name(name: str) -> None:
     if not MODEL_NAME_PATTERN.match(name):
         raise ConfigError(
             f"bundle name {name!r} must be 1-64 characters of lowercase letters, digits, '_', '.', '-', "
             "starting with a letter or digit; choose another --out or export.name"
         )
-    formats = tuple(formats or export_cfg.formats)
+
+
+def _check_formats(formats: tuple[str, ...]) -> None:
     unknown = [f for f in formats if f not in _EXPORTERS]
     if unknown:
         raise ExportError(f"unknown export format(s) {unknown}; valid: {', '.join(_EXPORTERS)}")
-    model_dir = out_dir / name
+
+
+def _final_dir(model_dir: Path, version: int | None, force: bool) -> tuple[Path, int]:
     version = version or next_version(model_dir)
     final_dir = model_dir / str(version)
     if final_dir.exists() and not force:
         raise ExportError(
             f"{final_dir}: already exists; pick another --version, omit it for the next free one, or pass --force"
         )
-    try:
-        metrics = json.loads(run.metrics_json.read_text(encoding="utf-8"))["test"]
-    except (OSError, ValueError, KeyError):
-        raise ExportError(
-            f"{run.metrics_json}: no test metrics; the run did not finish its evaluation"
-        ) from None
+    return final_dir, version
 
+
+def _write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, config: RunConfig) -> None:
+    write, _ = _EXPORTERS[fmt]
+    try:
+        if fmt == "onnx":
+            write(model, example, path, config.export.onnx_opset)
+        else:
+            write(model, example, path)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"{fmt} export of {config.model.name} failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
+
+
+def _write_bundle(
+    model: nn.Module,
+    batch: torch.Tensor,
+    *,
+    config: RunConfig,
+    labels: list[str],
+    final_dir: Path,
+    formats: tuple[str, ...],
+    metrics: dict[str, float],
+    weights: str,
+    run_dir: str,
+) -> ExportResult:
+    """Export ``model`` in each format, check each artifact against the eager model on ``batch``, and
+    rename the finished bundle into ``final_dir``."""
+    export_cfg = config.export
     spec = preprocess_spec(config.preprocess)
-    model = load_eager_model(run, config, labels)
-    batch = _parity_batch(run, config, labels, spec, export_cfg.parity_samples)
     with torch.inference_mode():
         reference = model(batch).float().numpy()
     # torch.export specialises a dimension of size 1, so the example batch must hold at least 2 images.
     example = batch[:2].clone() if len(batch) >= 2 else batch.repeat(2, 1, 1, 1)
-
+    model_dir, version = final_dir.parent, int(final_dir.name)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{version}.staging-", dir=model_dir)
@@ -227,24 +248,20 @@ def export_bundle(
     try:
         artifacts = []
         for fmt in formats:
-            write, run_artifact = _EXPORTERS[fmt]
             path = staging / ARTIFACT_FILES[fmt]
+            _write_artifact(fmt, model, example, path, config)
             try:
-                if fmt == "onnx":
-                    write(model, example, path, export_cfg.onnx_opset)
-                else:
-                    write(model, example, path)
-                produced = run_artifact(path, batch)
-            except ExportError:
-                raise
+                produced = _EXPORTERS[fmt][1](path, batch)
             except Exception as exc:
                 raise ExportError(
-                    f"{fmt} export of {config.model.name} failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                    f"the {fmt} artifact of {config.model.name} does not load back: {type(exc).__name__}: {exc}".splitlines()[
+                        0
+                    ]
                 ) from exc
             parity = _compare(reference, produced, export_cfg.parity_tolerance)
             if not parity.passed:
                 raise ExportError(
-                    f"{fmt} artifact disagrees with the eager model on {parity.samples} validation images: "
+                    f"{fmt} artifact disagrees with the eager model on {parity.samples} images: "
                     f"max |softmax diff| {parity.max_abs_diff:.2e} (tolerance {parity.tolerance:.0e}), "
                     f"top-1 agreement {parity.top1_agreement:.4f}; nothing was written. Check the model for "
                     "data-dependent control flow, or raise export.parity_tolerance if the difference is expected"
@@ -262,18 +279,19 @@ def export_bundle(
                 )
             )
         manifest = Manifest(
-            name=name,
+            name=model_dir.name,
             version=version,
             labels=tuple(labels),
             preprocess=spec,
             input=InputSpec(channels=spec.channels, height=spec.crop_height, width=spec.crop_width),
             artifacts=tuple(artifacts),
-            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            metrics=metrics,
+            weights=weights,
             created_at=datetime.now(UTC),
             architecture=config.model.name,
             config_digest=config_digest(config),
             source=SourceInfo(
-                run_dir=str(run.path),
+                run_dir=run_dir,
                 git_sha=git_sha(),
                 imgcls_version=trainer.__version__,
                 torch_version=torch.__version__,
@@ -291,3 +309,102 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(final_dir, manifest)
+
+
+def export_bundle(
+    run_path: Path,
+    *,
+    out_dir: Path | None = None,
+    name: str | None = None,
+    version: int | None = None,
+    formats: tuple[str, ...] | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Write ``out_dir/name/version/`` from the run at ``run_path``; see the module docstring."""
+    run = RunDir(Path(run_path))
+    config = run.read_config()
+    labels = run.read_labels()
+    out_dir = Path(out_dir) if out_dir is not None else config.export.out_dir
+    name = name or default_bundle_name(config)
+    _check_name(name)
+    formats = tuple(formats or config.export.formats)
+    _check_formats(formats)
+    final_dir, version = _final_dir(out_dir / name, version, force)
+    try:
+        metrics = json.loads(run.metrics_json.read_text(encoding="utf-8"))["test"]
+    except (OSError, ValueError, KeyError):
+        raise ExportError(
+            f"{run.metrics_json}: no test metrics; the run did not finish its evaluation"
+        ) from None
+    spec = preprocess_spec(config.preprocess)
+    model = load_eager_model(run, config, labels)
+    batch = _parity_batch(run, config, labels, spec, config.export.parity_samples)
+    return _write_bundle(
+        model,
+        batch,
+        config=config,
+        labels=labels,
+        final_dir=final_dir,
+        formats=formats,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+        weights="trained",
+        run_dir=str(run.path),
+    )
+
+
+def export_random_init(
+    model_name: str,
+    num_classes: int,
+    image_size: int,
+    out: Path,
+    *,
+    color_mode: str = "RGB",
+    formats: tuple[str, ...] | None = None,
+    seed: int = 0,
+    force: bool = False,
+) -> ExportResult:
+    """A complete bundle of ``model_name`` with random weights at ``out`` (``models/NAME/VERSION``).
+
+    Speed does not depend on trained weights, so this is what benchmarks and capacity tests serve.
+    Parity is checked on seeded random inputs; labels are ``class_0 .. class_{n-1}``; the manifest
+    says ``weights: random_init`` so no one mistakes it for a trained model.
+    """
+    if num_classes < 2:
+        raise ConfigError(f"--num-classes {num_classes}: a classifier needs at least 2 classes")
+    out = Path(out)
+    if not out.name.isdigit() or int(out.name) < 1:
+        raise ConfigError(f"{out}: the last folder must be the version number, e.g. models/{model_name}/1")
+    _check_name(out.parent.name)
+    try:
+        config = RunConfig.model_validate(
+            {
+                "model": {"name": model_name},
+                "preprocess": {"image_size": image_size, "color_mode": color_mode},
+                "export": {"name": out.parent.name, "out_dir": str(out.parent.parent)},
+            }
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid random-init bundle settings: {problems}") from None
+    formats = tuple(formats or config.export.formats)
+    _check_formats(formats)
+    final_dir, _ = _final_dir(out.parent, int(out.name), force)
+    spec = preprocess_spec(config.preprocess)
+    torch.manual_seed(seed)
+    model = create_model(model_name, num_classes, in_chans=spec.channels, image_size=image_size).model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.randn(
+        (min(16, config.export.parity_samples), spec.channels, spec.crop_height, spec.crop_width),
+        generator=generator,
+    )
+    return _write_bundle(
+        model,
+        batch,
+        config=config,
+        labels=[f"class_{i}" for i in range(num_classes)],
+        final_dir=final_dir,
+        formats=formats,
+        metrics={},
+        weights="random_init",
+        run_dir="",
+    )

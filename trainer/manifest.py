@@ -153,6 +153,8 @@ class Manifest(_Strict):
     output: Literal["logits"] = "logits"  # artifacts return raw logits; apply softmax for probabilities
     artifacts: tuple[Artifact, ...]
     metrics: dict[str, float]
+    # "random_init": a speed bundle from `imgcls export --random-init`; its predictions mean nothing.
+    weights: Literal["trained", "random_init"] = "trained"
     created_at: datetime
     architecture: str
     config_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # sha256 of the resolved training config
@@ -177,15 +179,10 @@ class Manifest(_Strict):
             raise ValueError("labels must be unique")
         return value
 
-    @field_validator("metrics")
-    @classmethod
-    def _has_accuracy(cls, value: dict[str, float]) -> dict[str, float]:
-        if "accuracy" not in value:
-            raise ValueError("metrics must include 'accuracy' (the test-split accuracy)")
-        return value
-
     @model_validator(mode="after")
     def _check_consistent(self) -> Manifest:
+        if self.weights == "trained" and "accuracy" not in self.metrics:
+            raise ValueError("metrics must include 'accuracy' (the test-split accuracy) for trained weights")
         if not self.artifacts:
             raise ValueError("a bundle needs at least one artifact")
         paths = [a.path for a in self.artifacts]

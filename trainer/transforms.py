@@ -129,14 +129,23 @@ def load_image(path: Path, color_mode: str) -> torch.Tensor:
         return decode_to_tensor(image, data, color_mode)
 
 
+def _to_normalized_float(spec: PreprocessSpec) -> list[Callable]:
+    # A crop is a strided view, and torch's broadcasting ops are several times slower on one: one
+    # contiguous copy before Normalize halves the whole eval transform's time (same values, bit for bit).
+    return [
+        v2.ToDtype(torch.float32, scale=True),
+        torch.Tensor.contiguous,
+        v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+    ]
+
+
 def eval_transform(spec: PreprocessSpec) -> v2.Compose:
     """uint8 ``[C, H, W]`` in ``spec.color_mode`` -> normalised float32 ``[C, crop_h, crop_w]``."""
     return v2.Compose(
         [
             v2.Resize(spec.resize, interpolation=_INTERPOLATION[spec.interpolation], antialias=True),
             v2.CenterCrop((spec.crop_height, spec.crop_width)),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+            *_to_normalized_float(spec),
         ]
     )
 
@@ -174,7 +183,7 @@ def train_transform(spec: PreprocessSpec, augment: AugmentConfig) -> v2.Compose:
         hue = jitter / 4 if spec.color_mode == "RGB" else 0.0
         saturation = jitter if spec.color_mode == "RGB" else 0.0
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=saturation, hue=hue))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(spec.mean), std=list(spec.std))]
+    steps += _to_normalized_float(spec)
     if erasing > 0:
         steps.append(v2.RandomErasing(p=erasing, value=0))
     return v2.Compose(steps)

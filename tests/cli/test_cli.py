@@ -144,6 +144,67 @@ def test_export_out_must_end_in_a_version(tmp_path: Path, capsys):
     assert "must be the version number" in err
 
 
+def test_random_init_export_writes_a_complete_servable_bundle(tmp_path: Path, capsys):
+    out = tmp_path / "models" / "speedy" / "1"
+    code, stdout, err = _run(
+        capsys,
+        "export",
+        "--random-init",
+        "--model",
+        "simple_cnn",
+        "--num-classes",
+        "5",
+        "--image-size",
+        "24",
+        "--color-mode",
+        "L",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert "model.onnx: parity on 16 images: top-1 agreement 1.0000" in stdout
+    from trainer.manifest import load_manifest, verify_artifacts
+
+    manifest = load_manifest(out)
+    verify_artifacts(out, manifest)
+    assert manifest.weights == "random_init"
+    assert manifest.labels == ("class_0", "class_1", "class_2", "class_3", "class_4")
+    assert (manifest.input.channels, manifest.input.height) == (1, 24)
+    assert {a.format for a in manifest.artifacts} == {"torchscript", "onnx"}
+    assert (
+        _run(
+            capsys,
+            "export",
+            "--random-init",
+            "--model",
+            "simple_cnn",
+            "--num-classes",
+            "5",
+            "--out",
+            str(out),
+        )[0]
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--model", "simple_cnn"), "needs --model and --out"),
+        (("--model", "nope", "--out", "OUT/nope/1"), "unknown model 'nope'"),
+        (("--model", "simple_cnn", "--out", "OUT/x/latest"), "must be the version number"),
+        (("--model", "simple_cnn", "--num-classes", "1", "--out", "OUT/x/1"), "at least 2 classes"),
+        (("--model", "simple_cnn", "--image-size", "4", "--out", "OUT/x/1"), "image_size"),
+    ],
+)
+def test_random_init_export_rejects_bad_arguments_with_exit_2(tmp_path: Path, capsys, args, message):
+    args = tuple(a.replace("OUT", str(tmp_path)) for a in args)
+    code, _, err = _run(capsys, "export", "--random-init", *args)
+    assert code == 2
+    assert message in err
+    assert not any(tmp_path.rglob("manifest.json"))
+
+
 def test_train_then_export_end_to_end(tmp_path: Path, capsys, make_imagefolder):
     data = make_imagefolder(classes=2, per_class=10)
     code, out, err = _train(

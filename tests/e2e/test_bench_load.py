@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.load import PROTOCOLS, build_payloads, digits_images
+from benchmarks.images import digits_images
+from benchmarks.load import PROTOCOLS, build_payloads
 from service.v2_codec import parse_infer_request
 from trainer.cli import main
 

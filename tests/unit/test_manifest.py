@@ -84,6 +84,18 @@ def test_invalid_manifests_are_rejected_with_the_reason(changes: dict, message: 
         _manifest(**changes)
 
 
+def test_a_random_init_bundle_needs_no_accuracy_and_says_so(tmp_path: Path):
+    manifest = _manifest(tmp_path, metrics={}, weights="random_init")
+    (tmp_path / "manifest.json").write_text(manifest.to_json())
+    assert load_manifest(tmp_path).weights == "random_init"
+
+
+def test_manifests_without_a_weights_field_read_as_trained(tmp_path: Path):
+    raw = _manifest(tmp_path).model_dump(mode="json", exclude={"weights"})
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    assert load_manifest(tmp_path).weights == "trained"
+
+
 def test_artifact_path_must_stay_inside_the_bundle():
     with pytest.raises(ValidationError, match="plain file name"):
         Artifact(

@@ -1,0 +1,524 @@
+"""`imgcls bench runtimes`: what the hardware can do for a bundle without HTTP.
+
+Three measurements, all in this process, after warm-up:
+
+* **runtimes**: latency and images/s of every runtime available here (eager PyTorch, TorchScript,
+  ONNX Runtime, and TensorRT where its artifact and library exist) for batch sizes 1, 2, 4, ... 64.
+  Eager PyTorch rebuilds the bundle's architecture with random weights: speed does not depend on
+  the weights, and a bundle carries no eager checkpoint.
+* **preprocessing**: decode + resize + crop + normalise per image, for each decoder the service can
+  use (``torchvision.io.decode_jpeg`` for JPEGs, Pillow for everything), one thread.
+* **the in-process ceiling**: the best images/s of the service's own pipeline shape, without the
+  service: decode threads feeding one inference thread that takes whatever is queued, up to a batch
+  size. The best over a small grid of decode threads and batch sizes is the bar the HTTP service is
+  measured against; the single-image latency (decode + infer, one thread) is the bar at concurrency 1.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.stats import percentile
+from service.preprocess import Preprocessor, init_decode_thread
+from service.runtimes import OnnxRuntime, Runtime, TensorRTRuntime, TorchScriptRuntime, softmax
+from trainer.manifest import Manifest
+
+__all__ = [
+    "CeilingResult",
+    "Timing",
+    "available_runtimes",
+    "doubling",
+    "in_process_ceiling",
+    "measure_ceiling",
+    "pipeline_grid",
+    "preprocess_timings",
+    "runtime_timings",
+    "single_image_latency",
+    "time_calls",
+]
+
+
+@dataclass(frozen=True)
+class Timing:
+    calls: int
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Timing:
+        ordered = sorted(seconds)
+        return cls(
+            calls=len(ordered),
+            mean_ms=1e3 * statistics.fmean(ordered),
+            p50_ms=1e3 * percentile(ordered, 0.50),
+            p99_ms=1e3 * percentile(ordered, 0.99),
+        )
+
+
+def time_calls(
+    fn: Callable[[], object], seconds: float, *, warmup_calls: int = 3, min_calls: int = 5
+) -> Timing:
+    """Call ``fn`` repeatedly for about ``seconds`` (at least ``min_calls`` times) and time each call."""
+    for _ in range(warmup_calls):
+        fn()
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < min_calls or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return Timing.of(samples)
+
+
+def doubling(limit: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``limit`` (``limit`` itself even when not a power of two)."""
+    sizes, size = [], 1
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, limit]
+
+
+class EagerRuntime(Runtime):
+    """The bundle's architecture as a plain ``nn.Module`` (random weights), fp32, for comparison."""
+
+    name = "eager"  # type: ignore[assignment]
+
+    def __init__(self, manifest: Manifest, *, device: str = "cpu") -> None:
+        import torch
+
+        from trainer.models import create_model
+
+        built = create_model(
+            manifest.architecture,
+            manifest.num_classes,
+            in_chans=manifest.input.channels,
+            image_size=manifest.input.height,
+        )
+        self._model = built.model.eval().to(device)
+        self._torch = torch
+        self.device = device
+        self.precision = "fp32"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self._model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+            return softmax(logits.float().cpu().numpy())
+
+
+def available_runtimes(
+    manifest: Manifest, bundle_dir: Path, *, device: str, intra_op_threads: int | None
+) -> tuple[dict[str, Runtime], dict[str, str]]:
+    """Every runtime that loads here for this bundle, and why each of the others did not."""
+    from service.errors import RuntimeUnavailableError
+
+    runtimes: dict[str, Runtime] = {}
+    skipped: dict[str, str] = {}
+
+    def attempt(label: str, build: Callable[[], Runtime]) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                runtimes[label] = build()
+        except RuntimeUnavailableError as exc:
+            skipped[label] = str(exc)
+        except Exception as exc:  # a model the eager builder cannot rebuild, a provider that fails
+            skipped[label] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    if manifest.architecture:
+        attempt("eager", lambda: EagerRuntime(manifest, device=device))
+    torchscript = manifest.artifact("torchscript")
+    if torchscript is not None:
+        attempt(
+            "torchscript",
+            lambda: TorchScriptRuntime(
+                bundle_dir / torchscript.path,
+                device=device,
+                half=device == "cuda",
+                intra_op_threads=intra_op_threads,
+            ),
+        )
+    else:
+        skipped["torchscript"] = "the bundle has no TorchScript artifact"
+    onnx = manifest.artifact("onnx")
+    if onnx is not None:
+        attempt(
+            "onnxruntime",
+            lambda: OnnxRuntime(bundle_dir / onnx.path, device=device, intra_op_threads=intra_op_threads),
+        )
+    else:
+        skipped["onnxruntime"] = "the bundle has no ONNX artifact"
+    for artifact in manifest.artifacts:
+        if artifact.format == "torchscript_tensorrt":
+            attempt(
+                f"tensorrt-{artifact.precision}",
+                lambda artifact=artifact: TensorRTRuntime(
+                    bundle_dir / artifact.path, precision=artifact.precision
+                ),
+            )
+    return runtimes, skipped
+
+
+def runtime_timings(
+    runtimes: dict[str, Runtime], shape: tuple[int, int, int], batch_sizes: list[int], seconds: float
+) -> list[dict]:
+    """One row per (runtime, batch size): latency per batch and images/s."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch_size in batch_sizes:
+        batch = rng.standard_normal((batch_size, *shape)).astype(np.float32)
+        for name, runtime in runtimes.items():
+            timing = time_calls(lambda runtime=runtime, batch=batch: runtime.infer(batch), seconds)
+            rows.append(
+                {
+                    "runtime": name,
+                    "device": runtime.device,
+                    "precision": runtime.precision,
+                    "batch_size": batch_size,
+                    "p50_ms": round(timing.p50_ms, 3),
+                    "p99_ms": round(timing.p99_ms, 3),
+                    "images_per_s": round(batch_size / (timing.mean_ms / 1e3), 1),
+                }
+            )
+    return rows
+
+
+def _pillow_path(preprocessor: Preprocessor) -> Callable[[bytes], np.ndarray]:
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    from trainer.transforms import decode_converted, eval_transform
+
+    transform = eval_transform(preprocessor.spec)
+    mode = preprocessor.spec.color_mode
+
+    def run(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            return transform(F.pil_to_tensor(decode_converted(image, mode))).numpy()
+
+    return run
+
+
+def preprocess_timings(preprocessor: Preprocessor, images: list[bytes], seconds: float) -> list[dict]:
+    """Per image, one thread (torch single-threaded, as in the service's decode threads): the
+    service's own path, and the Pillow path it falls back to."""
+    with ThreadPoolExecutor(1, initializer=init_decode_thread) as thread:
+        return thread.submit(_preprocess_timings, preprocessor, images, seconds).result()
+
+
+def _preprocess_timings(preprocessor: Preprocessor, images: list[bytes], seconds: float) -> list[dict]:
+    jpeg = all(data[:3] == b"\xff\xd8\xff" for data in images)
+    paths = {"pillow": _pillow_path(preprocessor)}
+    if jpeg:  # the service's path for JPEGs; for other formats it is the Pillow path above
+        paths = {"torchvision.io.decode_jpeg": preprocessor, **paths}
+    rows = []
+    for decoder, run in paths.items():
+        turn = iter(range(10**12))
+        timing = time_calls(lambda run=run, turn=turn: run(images[next(turn) % len(images)]), seconds)
+        rows.append(
+            {
+                "decoder": decoder,
+                "p50_ms": round(timing.p50_ms, 3),
+                "p99_ms": round(timing.p99_ms, 3),
+                "images_per_s_one_thread": round(1e3 / timing.mean_ms, 1),
+            }
+        )
+    return rows
+
+
+def single_image_latency(
+    runtime: Runtime, preprocessor: Preprocessor, images: list[bytes], seconds: float
+) -> Timing:
+    """Decode + preprocess + infer one image, one after another: the floor of a request's latency."""
+    turn = iter(range(10**12))
+
+    def one() -> None:
+        runtime.infer(preprocessor(images[next(turn) % len(images)])[None])
+
+    def timed() -> Timing:
+        init_decode_thread()  # the service decodes on such a thread; inference uses the runtime's threads
+        return time_calls(one, seconds)
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(timed).result()
+
+
+@dataclass(frozen=True)
+class CeilingResult:
+    runtime: str
+    decode_threads: int
+    batch_size: int
+    images_per_s: float
+    mean_batch: float
+
+
+def in_process_ceiling(
+    runtime: Runtime,
+    runtime_name: str,
+    preprocessor: Preprocessor,
+    images: list[bytes],
+    *,
+    decode_threads: int,
+    batch_size: int,
+    seconds: float,
+) -> CeilingResult:
+    """The service's pipeline shape with no HTTP: ``decode_threads`` threads decode and preprocess as
+    fast as they can into a bounded queue; one inference thread takes what is queued (up to
+    ``batch_size``, never waiting for more) and runs it. Images/s counted after a warm-up second."""
+    ready: queue.Queue[np.ndarray] = queue.Queue(maxsize=4 * batch_size)
+    stop = threading.Event()
+    counter = iter(range(10**12))
+    lock = threading.Lock()
+
+    def decoder() -> None:
+        init_decode_thread()  # as the service's decode threads are
+        while not stop.is_set():
+            with lock:
+                index = next(counter)
+            array = preprocessor(images[index % len(images)])
+            while not stop.is_set():
+                try:
+                    ready.put(array, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    done = {"images": 0, "batches": 0}
+    window = {"open": False}
+
+    def inference() -> None:
+        while not stop.is_set():
+            try:
+                batch = [ready.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(batch) < batch_size:
+                try:
+                    batch.append(ready.get_nowait())
+                except queue.Empty:
+                    break
+            runtime.infer(np.stack(batch))
+            if window["open"]:
+                done["images"] += len(batch)
+                done["batches"] += 1
+
+    threads = [threading.Thread(target=decoder, daemon=True) for _ in range(decode_threads)]
+    threads.append(threading.Thread(target=inference, daemon=True))
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    window["open"] = True
+    started = time.perf_counter()
+    time.sleep(seconds)
+    window["open"] = False
+    elapsed = time.perf_counter() - started
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    return CeilingResult(
+        runtime=runtime_name,
+        decode_threads=decode_threads,
+        batch_size=batch_size,
+        images_per_s=round(done["images"] / elapsed, 1),
+        mean_batch=round(done["images"] / max(1, done["batches"]), 2),
+    )
+
+
+def bench_runtimes(
+    bundle_dir: Path,
+    images: list[bytes],
+    *,
+    device: str = "auto",
+    batch_sizes: list[int] | None = None,
+    seconds: float = 2.0,
+    ceiling_seconds: float = 4.0,
+    intra_op_threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run all three measurements for the bundle; return the results document (see results.json)."""
+
+    import torch
+
+    from trainer.manifest import load_manifest
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    manifest = load_manifest(bundle_dir)
+    shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    runtimes, skipped = available_runtimes(
+        manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
+    )
+    if not runtimes:
+        raise RuntimeError(f"no runtime loads {bundle_dir} here: {skipped}")
+    for name, reason in skipped.items():
+        log(f"skipped {name}: {reason}")
+    sizes = batch_sizes or doubling(64)
+    log(f"runtimes {', '.join(runtimes)} on {device}, batch sizes {sizes}")
+    rows = runtime_timings(runtimes, shape, sizes, seconds)
+
+    preprocessor = Preprocessor(manifest.preprocess)
+    preprocessing = preprocess_timings(preprocessor, images, seconds)
+    log(f"preprocessing: {preprocessing}")
+    for runtime in runtimes.values():
+        runtime.close()
+    reference = measure_ceiling(
+        bundle_dir,
+        images,
+        device=device,
+        intra_op_threads=intra_op_threads,
+        seconds=seconds,
+        ceiling_seconds=ceiling_seconds,
+        log=log,
+    )
+    return {
+        "bundle": str(bundle_dir),
+        "model": manifest.name,
+        "architecture": manifest.architecture,
+        "weights": manifest.weights,
+        "input": list(shape),
+        "device": device,
+        "intra_op_threads": intra_op_threads,
+        "image_bytes_mean": round(statistics.fmean(len(i) for i in images)),
+        "runtimes": rows,
+        "skipped": skipped,
+        "preprocessing": preprocessing,
+        **reference,
+    }
+
+
+def pipeline_grid(device: str, cores: int) -> list[tuple[int, int]]:
+    """(decode threads, max batch) settings tried for the ceiling: what a tuned service could pick."""
+    threads = {1, min(4, cores), cores} if device == "cpu" else {min(4, cores), cores}
+    sizes = {4, 16, 32} | ({1} if cores <= 2 else set())
+    return [(t, b) for t in sorted(threads) for b in sorted(sizes)]
+
+
+def measure_ceiling(
+    bundle_dir: Path,
+    images: list[bytes],
+    *,
+    device: str = "auto",
+    intra_op_threads: int | None = None,
+    seconds: float = 2.0,
+    ceiling_seconds: float = 4.0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """With the runtime `imgcls serve` would pick: the single-image latency (decode + infer, one
+    thread) and the best pipeline images/s over :func:`pipeline_grid` (the in-process ceiling)."""
+    import os
+
+    from service.runtimes import choose_runtime
+    from trainer.manifest import load_manifest
+
+    manifest = load_manifest(bundle_dir)
+    runtime = choose_runtime(manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads)
+    preprocessor = Preprocessor(manifest.preprocess)
+    try:
+        single = single_image_latency(runtime, preprocessor, images, seconds)
+        pipeline = []
+        for threads, size in pipeline_grid(runtime.device, os.cpu_count() or 1):
+            result = in_process_ceiling(
+                runtime,
+                runtime.name,
+                preprocessor,
+                images,
+                decode_threads=threads,
+                batch_size=size,
+                seconds=ceiling_seconds,
+            )
+            log(f"pipeline decode_threads={threads} batch<={size}: {result.images_per_s} images/s")
+            pipeline.append(result.__dict__)
+    finally:
+        runtime.close()
+    return {
+        "serving_runtime": runtime.name,
+        "single_image_latency_ms": {"p50": round(single.p50_ms, 3), "p99": round(single.p99_ms, 3)},
+        "pipeline": pipeline,
+        "ceiling": max(pipeline, key=lambda r: r["images_per_s"]),
+    }
+
+
+def write_runtimes_report(document: dict, folder: Path) -> Path:
+    """results.json, results.md and images-per-s-by-batch.png in ``folder``."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(document, indent=1) + "\n")
+    m = document["machine"]
+    best = document["ceiling"]
+    lines = [
+        f"# Runtimes: {document['model']} ({document['architecture']}, input {'x'.join(map(str, document['input']))}) "
+        f"on {document['device']}, in-process",
+        "",
+        f"{m['cpu']}, {m['cores']} cores{', ' + m['cuda'] if m.get('cuda') else ''}, torch {m['torch']}, "
+        f"{document['date']}. Images: {document['images']} (mean {document['image_bytes_mean']:,} bytes).",
+        "",
+        f"**In-process ceiling: {best['images_per_s']:,} images/s** ({best['runtime']}, {best['decode_threads']} "
+        f"decode thread(s), batches up to {best['batch_size']}, mean batch {best['mean_batch']}). "
+        f"**Single image, decode + infer: p50 {document['single_image_latency_ms']['p50']} ms**, "
+        f"p99 {document['single_image_latency_ms']['p99']} ms.",
+        "",
+        "| runtime | device | precision | batch | p50 ms | p99 ms | images/s |",
+        "|---|---|---|---:|---:|---:|---:|",
+        *(
+            f"| {r['runtime']} | {r['device']} | {r['precision']} | {r['batch_size']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['images_per_s']:,} |"
+            for r in document["runtimes"]
+        ),
+        "",
+        *(f"Not measured: {name}: {reason}." for name, reason in document["skipped"].items()),
+        "",
+        "| preprocessing (decode + resize + crop + normalise), 1 thread | p50 ms | p99 ms | images/s |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {r['decoder']} | {r['p50_ms']} | {r['p99_ms']} | {r['images_per_s_one_thread']:,} |"
+            for r in document["preprocessing"]
+        ),
+        "",
+        "| pipeline: decode threads | max batch | mean batch | images/s |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {c['decode_threads']} | {c['batch_size']} | {c['mean_batch']} | {c['images_per_s']:,} |"
+            for c in document["pipeline"]
+        ),
+        "",
+        "![images/s by batch size](images-per-s-by-batch.png)",
+        "",
+    ]
+    (folder / "results.md").write_text("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["runtime"] for r in document["runtimes"]):
+        rows = [r for r in document["runtimes"] if r["runtime"] == name]
+        ax.plot([r["batch_size"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=name)
+    ax.axhline(best["images_per_s"], color="grey", linestyle="--", label="in-process ceiling (with decode)")
+    ax.set_xscale("log", base=2)
+    ax.set(
+        xlabel="batch size",
+        ylabel="images/s (inference only)",
+        title=f"{document['architecture']} on {document['device']}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "images-per-s-by-batch.png", dpi=100)
+    plt.close(fig)
+    return folder

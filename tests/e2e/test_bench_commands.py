@@ -1,0 +1,115 @@
+"""`imgcls bench runtimes | batching | compare`: short real runs, and the documented results schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.cli import main
+
+LOAD_KEYS = {
+    "requests_per_s",
+    "images_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "max_ms",
+    "errors",
+    "client_cpu_percent",
+}
+
+
+def _only_folder(root: Path) -> Path:
+    (folder,) = root.iterdir()
+    for name in ("results.json", "results.md"):
+        assert (folder / name).stat().st_size > 0
+    return folder
+
+
+def test_bench_runtimes_times_every_runtime_preprocessing_and_the_ceiling(
+    tiny_bundle, tmp_path: Path, capsys
+):
+    bundle, _ = tiny_bundle
+    code = main(
+        ["bench", "runtimes", "--bundle", str(bundle), "--batch-sizes", "1,4", "--seconds", "0.05",
+         "--ceiling-seconds", "0.2", "--jpeg", "64x48", "--out", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "in-process ceiling:" in out
+    folder = _only_folder(tmp_path)
+    document = json.loads((folder / "results.json").read_text())
+    assert {"date", "machine", "images", "model", "device", "runtimes", "skipped", "preprocessing",
+            "serving_runtime", "single_image_latency_ms", "pipeline", "ceiling"} <= set(document)  # fmt: skip
+    measured = {(row["runtime"], row["batch_size"]) for row in document["runtimes"]}
+    assert measured == {(name, size) for name in ("eager", "torchscript", "onnxruntime") for size in (1, 4)}
+    assert all(row["images_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in document["runtimes"])
+    assert [row["decoder"] for row in document["preprocessing"]] == ["torchvision.io.decode_jpeg", "pillow"]
+    assert document["serving_runtime"] == "onnxruntime"
+    assert document["ceiling"] == max(document["pipeline"], key=lambda r: r["images_per_s"])
+    assert document["ceiling"]["images_per_s"] > 0
+    assert (folder / "images-per-s-by-batch.png").stat().st_size > 0
+
+
+def test_bench_batching_starts_the_service_per_setting_and_reports_the_batches_formed(
+    tiny_bundle, tmp_path: Path, capsys
+):
+    bundle, _ = tiny_bundle
+    code = main(
+        ["bench", "batching", "--bundle", str(bundle), "--settings", "1,8@2", "--concurrency", "8",
+         "--duration", "1", "--warmup", "0.3", "--jpeg", "64x48", "--out", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    document = json.loads((_only_folder(tmp_path) / "results.json").read_text())
+    off, batched = document["rows"]
+    assert set(off) >= LOAD_KEYS
+    assert (off["setting"], off["mean_batch"]) == ("off (max_batch_size=1)", 1.0)
+    assert batched["max_batch_size"] == 8 and batched["max_queue_delay_ms"] == 2.0
+    assert 1.0 < batched["mean_batch"] <= 8  # 8 clients and a 2 ms wait: batches form
+    for row in document["rows"]:
+        assert row["requests"] > 0 and row["errors"] == {}
+
+
+def test_bench_compare_runs_imgcls_and_every_installed_peer_and_names_the_missing(
+    tiny_bundle, tmp_path: Path, capsys
+):
+    import importlib.util
+
+    bundle, _ = tiny_bundle
+    code = main(
+        ["bench", "compare", "--bundle", str(bundle), "--concurrency", "4", "--duration", "1",
+         "--warmup", "0.3", "--no-ceiling", "--jpeg", "64x48", "--out", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    folder = _only_folder(tmp_path)
+    document = json.loads((folder / "results.json").read_text())
+    servers = [row["server"] for row in document["rows"]]
+    assert servers[:2] == ["imgcls", "fastapi (no batching)"]
+    for row in document["rows"]:
+        assert set(row) >= LOAD_KEYS and row["requests"] > 0 and row["errors"] == {}
+    for label, framework in (("litserve", "litserve"), ("ray serve", "ray")):
+        installed = importlib.util.find_spec(framework) is not None
+        assert (label in servers) == installed
+        if not installed:
+            assert "not installed" in document["skipped"][label]
+            assert f"Not run: {label}: {framework} is not installed" in (folder / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["batching", "--settings", "0"], "MAX_BATCH_SIZE"),
+        (["compare", "--concurrency", "x"], "positive integers"),
+        (["runtimes", "--jpeg", "big"], "WIDTHxHEIGHT"),
+    ],
+)
+def test_bench_commands_reject_bad_options_with_exit_2(tiny_bundle, tmp_path: Path, capsys, args, message):
+    bundle, _ = tiny_bundle
+    code = main(["bench", args[0], "--bundle", str(bundle), *args[1:], "--out", str(tmp_path)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
