@@ -50,25 +50,31 @@ def specs(
     *,
     max_batch_size: int,
     max_queue_delay_ms: float,
+    intra_op_threads: int,
     imgcls_env: dict[str, str],
 ) -> list[tuple[ServerSpec | None, str, int, str | None]]:
-    """(spec, label, port, why skipped) for imgcls and every peer."""
+    """(spec, label, port, why skipped) for imgcls and every peer; all run the model with
+    ``intra_op_threads`` runtime threads, so they differ only in how they serve."""
     out = []
     port = free_port()
     env = {
         "IMGCLS_BATCHING__MAX_BATCH_SIZE": str(max_batch_size),
         "IMGCLS_BATCHING__MAX_QUEUE_DELAY_MS": str(max_queue_delay_ms),
+        "IMGCLS_INTRA_OP_THREADS": str(intra_op_threads),
         **imgcls_env,
     }
     out.append((imgcls_server(model_repo, port, env=env), "imgcls", port, None))
     for peer in PEERS:
         reason = missing_framework(peer)
         port = free_port()
-        options = (
-            ["--max-batch-size", str(max_batch_size), "--max-queue-delay-ms", str(max_queue_delay_ms)]
-            if peer.batches
-            else []
-        )
+        options = ["--intra-op-threads", str(intra_op_threads)]
+        if peer.batches:
+            options += [
+                "--max-batch-size",
+                str(max_batch_size),
+                "--max-queue-delay-ms",
+                str(max_queue_delay_ms),
+            ]
         spec = (
             None
             if reason

@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks.stats import percentile
 from service.preprocess import Preprocessor, init_decode_thread
 from service.runtimes import OnnxRuntime, Runtime, TensorRTRuntime, TorchScriptRuntime, softmax
+from service.settings import usable_cores
 from trainer.manifest import Manifest
 
 __all__ = [
@@ -399,11 +400,15 @@ def bench_runtimes(
     }
 
 
-def pipeline_grid(device: str, cores: int) -> list[tuple[int, int]]:
-    """(decode threads, max batch) settings tried for the ceiling: what a tuned service could pick."""
-    threads = {1, min(4, cores), cores} if device == "cpu" else {min(4, cores), cores}
-    sizes = {4, 16, 32} | ({1} if cores <= 2 else set())
-    return [(t, b) for t in sorted(threads) for b in sorted(sizes)]
+def pipeline_grid(device: str, cores: int) -> tuple[list[int | None], list[int], list[int]]:
+    """What a tuned service could pick, tried for the ceiling: runtime intra-op threads (None: the
+    runtime's own; on a GPU they do not matter), decode threads, and largest batch."""
+    decode = sorted({1, min(4, cores), cores}) if device == "cpu" else sorted({min(4, cores), cores})
+    intra: list[int | None] = (
+        sorted({1, cores} | {max(1, cores - t) for t in decode}) if device == "cpu" else [None]
+    )
+    sizes = sorted({4, 16, 32} | ({1} if cores <= 2 else set()))
+    return intra, decode, sizes
 
 
 def measure_ceiling(
@@ -416,39 +421,61 @@ def measure_ceiling(
     ceiling_seconds: float = 4.0,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """With the runtime `imgcls serve` would pick: the single-image latency (decode + infer, one
-    thread) and the best pipeline images/s over :func:`pipeline_grid` (the in-process ceiling)."""
-    import os
-
+    """With the runtime `imgcls serve` would pick: the best pipeline images/s over
+    :func:`pipeline_grid` (the in-process ceiling), and the single-image latency (decode + infer, one
+    after another) with the thread count `imgcls serve` uses by default (``intra_op_threads`` if given)."""
     from service.runtimes import choose_runtime
     from trainer.manifest import load_manifest
 
     manifest = load_manifest(bundle_dir)
-    runtime = choose_runtime(manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads)
     preprocessor = Preprocessor(manifest.preprocess)
-    try:
-        single = single_image_latency(runtime, preprocessor, images, seconds)
-        pipeline = []
-        for threads, size in pipeline_grid(runtime.device, os.cpu_count() or 1):
-            result = in_process_ceiling(
-                runtime,
-                runtime.name,
-                preprocessor,
-                images,
-                decode_threads=threads,
-                batch_size=size,
-                seconds=ceiling_seconds,
-            )
-            log(f"pipeline decode_threads={threads} batch<={size}: {result.images_per_s} images/s")
-            pipeline.append(result.__dict__)
-    finally:
-        runtime.close()
+    cores = usable_cores()
+    resolved = "cuda" if device == "cuda" or (device == "auto" and _cuda()) else "cpu"
+    intra_options, decode_options, sizes = pipeline_grid(resolved, cores)
+    if intra_op_threads is not None:
+        intra_options = [intra_op_threads]
+    # the service's default (service.settings): the cores its decode threads leave free
+    serving_threads = intra_op_threads or (max(1, cores - min(4, cores)) if resolved == "cpu" else None)
+    single, pipeline, name = None, [], ""
+    for intra in intra_options:
+        runtime = choose_runtime(manifest, bundle_dir, device=resolved, intra_op_threads=intra)
+        name = runtime.name
+        try:
+            if intra == serving_threads or single is None:
+                single = single_image_latency(runtime, preprocessor, images, seconds)
+            for threads in decode_options:
+                for size in sizes:
+                    result = in_process_ceiling(
+                        runtime,
+                        runtime.name,
+                        preprocessor,
+                        images,
+                        decode_threads=threads,
+                        batch_size=size,
+                        seconds=ceiling_seconds,
+                    )
+                    row = {"intra_op_threads": intra, **result.__dict__}
+                    log(
+                        f"pipeline intra_op_threads={intra} decode_threads={threads} batch<={size}: "
+                        f"{result.images_per_s} images/s"
+                    )
+                    pipeline.append(row)
+        finally:
+            runtime.close()
+    assert single is not None
     return {
-        "serving_runtime": runtime.name,
+        "serving_runtime": name,
+        "serving_intra_op_threads": serving_threads,
         "single_image_latency_ms": {"p50": round(single.p50_ms, 3), "p99": round(single.p99_ms, 3)},
         "pipeline": pipeline,
         "ceiling": max(pipeline, key=lambda r: r["images_per_s"]),
     }
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def write_runtimes_report(document: dict, folder: Path) -> Path:
@@ -466,10 +493,11 @@ def write_runtimes_report(document: dict, folder: Path) -> Path:
         f"{m['cpu']}, {m['cores']} cores{', ' + m['cuda'] if m.get('cuda') else ''}, torch {m['torch']}, "
         f"{document['date']}. Images: {document['images']} (mean {document['image_bytes_mean']:,} bytes).",
         "",
-        f"**In-process ceiling: {best['images_per_s']:,} images/s** ({best['runtime']}, {best['decode_threads']} "
-        f"decode thread(s), batches up to {best['batch_size']}, mean batch {best['mean_batch']}). "
-        f"**Single image, decode + infer: p50 {document['single_image_latency_ms']['p50']} ms**, "
-        f"p99 {document['single_image_latency_ms']['p99']} ms.",
+        f"**In-process ceiling: {best['images_per_s']:,} images/s** ({best['runtime']} with "
+        f"{best['intra_op_threads'] or 'its default'} thread(s), {best['decode_threads']} decode thread(s), batches "
+        f"up to {best['batch_size']}, mean batch {best['mean_batch']}). **Single image, decode + infer: p50 "
+        f"{document['single_image_latency_ms']['p50']} ms**, p99 {document['single_image_latency_ms']['p99']} ms "
+        f"(runtime threads as `imgcls serve` sets them: {document['serving_intra_op_threads'] or 'default'}).",
         "",
         "| runtime | device | precision | batch | p50 ms | p99 ms | images/s |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -488,10 +516,11 @@ def write_runtimes_report(document: dict, folder: Path) -> Path:
             for r in document["preprocessing"]
         ),
         "",
-        "| pipeline: decode threads | max batch | mean batch | images/s |",
-        "|---:|---:|---:|---:|",
+        "| pipeline: runtime threads | decode threads | max batch | mean batch | images/s |",
+        "|---:|---:|---:|---:|---:|",
         *(
-            f"| {c['decode_threads']} | {c['batch_size']} | {c['mean_batch']} | {c['images_per_s']:,} |"
+            f"| {c['intra_op_threads'] or 'default'} | {c['decode_threads']} | {c['batch_size']} | "
+            f"{c['mean_batch']} | {c['images_per_s']:,} |"
             for c in document["pipeline"]
         ),
         "",

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 
 from service.errors import BadInputError, UnsupportedMediaTypeError
 from service.jsonlimits import check_json_depth
-from service.routes_common import off_loop, registry, top_k_indices, until_disconnect
+from service.routes_common import parse_body, registry, top_k_indices, until_disconnect
 from service.v2_codec import decode_base64
 from service.worker import ModelWorker
 
@@ -82,9 +82,9 @@ async def _read_images(request: Request) -> tuple[list[bytes], object]:
         )
         return images, parameters
     if content_type in ("application/json", ""):
-        return await off_loop(
-            request, _decode_instances, await request.body(), request.app.state.settings.max_json_depth
-        )  # big JSON: not on the loop
+        return await parse_body(
+            request, await request.body(), _decode_instances, request.app.state.settings.max_json_depth
+        )
     raise UnsupportedMediaTypeError(
         f"content type {content_type!r} is not accepted here; send application/json or multipart/form-data"
     )

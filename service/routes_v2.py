@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 import trainer
 from service.errors import BadInputError
-from service.routes_common import decompress, off_loop, registry, top_k_indices, until_disconnect
+from service.routes_common import decompress, parse_body, registry, top_k_indices, until_disconnect
 from service.v2_codec import InferRequest, OutputTensor, encode_infer_response, parse_infer_request
 from service.worker import ModelWorker
 
@@ -210,11 +210,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         request.headers.get("content-encoding"),
         request.app.state.settings.max_body_bytes,
     )
-    # Parsing a large JSON body takes real time: off the event loop, on the decode pool.
-    parsed = await off_loop(
+    parsed = await parse_body(
         request,
-        parse_infer_request,
         body,
+        parse_infer_request,
         int(header) if header is not None else None,
         request.app.state.settings.max_json_depth,
     )

@@ -442,8 +442,9 @@ def bench_runtimes_command(
     )
     best = document["ceiling"]
     typer.echo(
-        f"in-process ceiling: {best['images_per_s']} images/s ({best['runtime']}, {best['decode_threads']} decode "
-        f"threads, batch <= {best['batch_size']}); single image p50 {document['single_image_latency_ms']['p50']} ms"
+        f"in-process ceiling: {best['images_per_s']} images/s ({best['runtime']}, {best['intra_op_threads']} runtime "
+        f"threads, {best['decode_threads']} decode threads, batch <= {best['batch_size']}); single image p50 "
+        f"{document['single_image_latency_ms']['p50']} ms"
     )
     typer.echo(f"wrote {folder}")
 
@@ -550,6 +551,10 @@ def bench_compare(
     ] = 0.0,
     duration: Annotated[float, typer.Option(help="Seconds measured per server and step.")] = 15.0,
     warmup: Annotated[float, typer.Option(help="Seconds of load before measuring.")] = 3.0,
+    intra_op_threads: Annotated[
+        int | None,
+        typer.Option(help="Runtime threads for every server (default: what `imgcls serve` picks here)."),
+    ] = None,
     ceiling: Annotated[
         bool, typer.Option("--ceiling/--no-ceiling", help="Measure the in-process ceiling first.")
     ] = True,
@@ -565,6 +570,7 @@ def bench_compare(
     from benchmarks.compare import run_server, specs
     from benchmarks.machine import machine
     from benchmarks.report import LOAD_COLUMNS, machine_line, write_table_report
+    from service.settings import Settings
 
     steps = _int_list(concurrency, "--concurrency")
     repo, model = _single_model_repo(bundle)
@@ -579,8 +585,14 @@ def bench_compare(
             f"{reference['single_image_latency_ms']['p50']} ms"
         )
     rows, skipped = [], {}
+    threads = intra_op_threads or Settings().for_model(model).intra_op_threads
     for spec, label, port, reason in specs(
-        repo, model, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, imgcls_env={}
+        repo,
+        model,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        intra_op_threads=threads,
+        imgcls_env={},
     ):
         if spec is None:
             skipped[label] = reason
@@ -609,6 +621,7 @@ def bench_compare(
         "images": described,
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
+        "intra_op_threads": threads,
         "warmup_s": warmup,
         "duration_s": duration,
         "reference": reference,
@@ -617,14 +630,16 @@ def bench_compare(
     }
     intro = [
         f"{machine_line(document)}. Images: {described}, one per request, v1 JSON (base64). Same bundle, "
-        f"preprocessing and load for every server, one after another; batching servers get max_batch_size "
-        f"{max_batch_size}, max_queue_delay_ms {max_queue_delay_ms:g}. Warm-up {warmup} s, then {duration} s measured."
+        f"preprocessing, runtime ({threads} runtime thread(s)) and load for every server, one after another; "
+        f"batching servers get max_batch_size {max_batch_size}, max_queue_delay_ms {max_queue_delay_ms:g}. "
+        f"Warm-up {warmup} s, then {duration} s measured."
     ]
     if reference:
         best = reference["ceiling"]
         intro.append(
-            f"\nIn-process ceiling in this run: **{best['images_per_s']:,} images/s** ({best['runtime']}, "
-            f"{best['decode_threads']} decode threads, batches up to {best['batch_size']}); one image decoded "
+            f"\nIn-process ceiling in this run: **{best['images_per_s']:,} images/s** ({best['runtime']} with "
+            f"{best['intra_op_threads'] or 'its default'} thread(s), {best['decode_threads']} decode threads, "
+            f"batches up to {best['batch_size']}); one image decoded "
             f"and inferred in-process: p50 {reference['single_image_latency_ms']['p50']} ms."
         )
     folder = write_table_report(
