@@ -451,12 +451,15 @@ def bench_runtimes_command(
 
 def _single_model_repo(bundle: Path) -> tuple[Path, str]:
     """A temporary model repository holding only ``bundle`` (a link), so a started server loads nothing else."""
+    import atexit
+    import shutil
     import tempfile
 
     from trainer.manifest import load_manifest
 
     manifest = load_manifest(bundle)
     repo = Path(tempfile.mkdtemp(prefix="imgcls-bench-repo-"))
+    atexit.register(shutil.rmtree, repo, ignore_errors=True)  # the link only: the bundle stays
     (repo / manifest.name).mkdir()
     (repo / manifest.name / str(manifest.version)).symlink_to(bundle.resolve(), target_is_directory=True)
     return repo, manifest.name
