@@ -23,28 +23,32 @@ __all__ = ["BatchingSetting", "mean_batch_size", "parse_settings", "run_setting"
 class BatchingSetting:
     max_batch_size: int
     max_queue_delay_ms: float
+    fixed_wait: bool = False  # Triton's wait: whether or not more images are being decoded
 
     @property
     def label(self) -> str:
         if self.max_batch_size == 1:
             return "off (max_batch_size=1)"
-        return f"max_batch_size={self.max_batch_size}, max_queue_delay_ms={self.max_queue_delay_ms:g}"
+        wait = " (fixed wait)" if self.fixed_wait else ""
+        return f"max_batch_size={self.max_batch_size}, max_queue_delay_ms={self.max_queue_delay_ms:g}{wait}"
 
     def env(self) -> dict[str, str]:
         return {
             "IMGCLS_BATCHING__MAX_BATCH_SIZE": str(self.max_batch_size),
             "IMGCLS_BATCHING__MAX_QUEUE_DELAY_MS": str(self.max_queue_delay_ms),
+            "IMGCLS_BATCHING__WAIT_ONLY_FOR_INCOMING": str(not self.fixed_wait).lower(),
         }
 
 
 def parse_settings(text: str) -> list[BatchingSetting]:
-    """``"1,32@0,32@5"`` -> settings: MAX_BATCH_SIZE[@MAX_QUEUE_DELAY_MS] (delay 0 when omitted)."""
+    """``"1,32@0,32@5,32@5fixed"`` -> settings: MAX_BATCH_SIZE[@MAX_QUEUE_DELAY_MS[fixed]] (delay 0
+    when omitted; ``fixed``: wait whether or not more images are being decoded, as Triton does)."""
     settings = []
     for part in (p.strip() for p in text.split(",")):
-        match = re.fullmatch(r"(\d+)(?:@(\d+(?:\.\d+)?))?", part)
+        match = re.fullmatch(r"(\d+)(?:@(\d+(?:\.\d+)?)(fixed)?)?", part)
         if not match or int(match[1]) < 1:
-            raise ValueError(f"{part!r} is not MAX_BATCH_SIZE[@MAX_QUEUE_DELAY_MS], e.g. 32@2")
-        settings.append(BatchingSetting(int(match[1]), float(match[2] or 0)))
+            raise ValueError(f"{part!r} is not MAX_BATCH_SIZE[@MAX_QUEUE_DELAY_MS[fixed]], e.g. 32@2")
+        settings.append(BatchingSetting(int(match[1]), float(match[2] or 0), fixed_wait=bool(match[3])))
     return settings
 
 

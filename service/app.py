@@ -7,6 +7,7 @@ imgcls serve --model-repo models/             (the same, with CLI flags)
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,14 @@ _REJECT_REASONS = {
 log = logging.getLogger("imgcls.app")
 
 
+async def _load_then_freeze(registry: ModelRegistry) -> None:
+    await registry.load_all()
+    # What is alive now (torch, the runtimes, the app) lives as long as the process. Out of the cyclic
+    # collector's sight, a full collection no longer walks it with the GIL held, stalling every thread.
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -63,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.metrics_port, addr=settings.host, registry=metrics.registry
             )
         # Models load in the background so /healthz answers at once and /readyz reports progress.
-        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        loading = asyncio.create_task(_load_then_freeze(registry), name="load-models")
         try:
             yield
         finally:

@@ -4,7 +4,10 @@ Semantics follow Triton's dynamic batcher. Requests submit N items (one per imag
 results back in order. When the runtime is free, the batcher takes queued items in arrival order
 up to ``max_batch_size``; if fewer are queued it waits until the batch fills or the oldest item
 has waited ``max_queue_delay_ms``. With ``preferred_batch_sizes`` it sends a batch as soon as the
-largest preferred size that the queue can fill is reached. A request may be split across
+largest preferred size that the queue can fill is reached. With ``wait_only_for_incoming`` the wait
+is taken only while more items are known to be on their way (callers announce them with
+:meth:`DynamicBatcher.incoming` while they decode): under load batches fill, and a lone request
+never waits for company that is not coming. A request may be split across
 batches. Items whose request was cancelled (client gone, deadline passed) are never computed.
 """
 
@@ -15,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -71,6 +74,7 @@ class DynamicBatcher(Generic[In, Out]):
         max_queue_size: int,
         preferred_batch_sizes: Sequence[int] = (),
         on_batch: Callable[[BatchStats], None] | None = None,
+        wait_only_for_incoming: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_ms < 0:
             raise ValueError("max_batch_size and max_queue_size must be >= 1, max_queue_delay_ms >= 0")
@@ -82,6 +86,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._queued = 0  # items still wanted: excludes cancelled ones left in the deque
+        self.wait_only_for_incoming = wait_only_for_incoming
+        self._incoming = 0  # items announced by callers that are still preparing them
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -89,6 +95,20 @@ class DynamicBatcher(Generic[In, Out]):
     @property
     def queue_depth(self) -> int:
         return self._queued
+
+    @contextlib.contextmanager
+    def incoming(self, count: int) -> Iterator[None]:
+        """Announce ``count`` items being prepared (decoded) for a :meth:`submit` right after this block.
+
+        Leave the block and call ``submit`` with no ``await`` in between, so the batcher never sees
+        the items as neither incoming nor queued.
+        """
+        self._incoming += count
+        try:
+            yield
+        finally:
+            self._incoming -= count
+            self._wakeup.set()  # a batch waiting for these need not wait any longer if they failed
 
     def start(self) -> None:
         if self._task is None:
@@ -215,7 +235,8 @@ class DynamicBatcher(Generic[In, Out]):
             size = self._target_size()
             waited = time.monotonic() - self._queue[0].enqueued_at
             remaining = self.max_queue_delay_s - waited
-            if size is None and (remaining <= 0 or self._closing):
+            nothing_coming = self.wait_only_for_incoming and self._incoming == 0
+            if size is None and (remaining <= 0 or self._closing or nothing_coming):
                 size = self.max_batch_size
             if size is not None:
                 batch = self._take(size)

@@ -24,9 +24,10 @@ class BatchingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
-    # How long the oldest item may wait for a batch to fill. 0 (Triton's default too): batches still
-    # form from what queues while the runtime is busy, and a lone request never waits (README, Performance).
-    max_queue_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0  # how long the oldest item may wait
+    # ...but only while more images are being decoded: a lone request is sent at once, and under load
+    # batches still fill (README, Performance). False: Triton's wait, whether or not anything is coming.
+    wait_only_for_incoming: bool = True
     max_queue_size: Annotated[int, Field(ge=1)] = 512  # images waiting, beyond which requests get 503
     timeout_ms: Annotated[float, Field(gt=0)] = 10_000  # default per-request deadline while queued
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -55,6 +56,7 @@ class ModelOverrides(BaseModel):
     max_queue_size: int | None = None
     timeout_ms: float | None = None
     preferred_batch_sizes: tuple[int, ...] | None = None
+    wait_only_for_incoming: bool | None = None
     runtime: RuntimeChoice | None = None
     device: DeviceChoice | None = None
 

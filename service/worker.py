@@ -117,6 +117,7 @@ class ModelWorker:
             max_queue_size=batching.max_queue_size,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             on_batch=self._observe,
+            wait_only_for_incoming=batching.wait_only_for_incoming,
         )
         self.batcher.start()
         self.state = "ready"
@@ -189,7 +190,8 @@ class ModelWorker:
     ) -> np.ndarray:
         batcher = self.require_ready()
         batcher.check_capacity(len(images))  # a full queue answers 503 before any decoding
-        arrays = await self.preprocess(images)
+        with batcher.incoming(len(images)):
+            arrays = await self.preprocess(images)
         return np.stack(await batcher.submit(arrays, timeout_s or self.default_timeout_s, timings))
 
     async def predict_pixels(

@@ -480,9 +480,10 @@ def bench_batching(
     settings: Annotated[
         str,
         typer.Option(
-            help="Comma-separated MAX_BATCH_SIZE[@MAX_QUEUE_DELAY_MS]; 1 is batching off.",
+            help="Comma-separated MAX_BATCH_SIZE[@MAX_QUEUE_DELAY_MS[fixed]]; 1 is batching off; "
+            "'fixed' waits whether or not more images are being decoded (Triton's wait).",
         ),
-    ] = "1,8@0,32@0,32@2,32@5",
+    ] = "1,8@5,32@0,32@5,32@5fixed",
     concurrency: Annotated[int, typer.Option(help="Closed-loop clients.")] = 32,
     protocol: Annotated[str, typer.Option(help="v1, v1-multipart, v2 or v2-binary.")] = "v1",
     duration: Annotated[float, typer.Option(help="Seconds measured per setting.")] = 15.0,
@@ -551,7 +552,7 @@ def bench_compare(
     ] = 32,
     max_queue_delay_ms: Annotated[
         float, typer.Option(help="Batch wait, for imgcls and every batching peer.")
-    ] = 0.0,
+    ] = 5.0,
     duration: Annotated[float, typer.Option(help="Seconds measured per server and step.")] = 15.0,
     warmup: Annotated[float, typer.Option(help="Seconds of load before measuring.")] = 3.0,
     intra_op_threads: Annotated[

@@ -175,8 +175,8 @@ def parse_args(
         parser.add_argument(
             "--max-queue-delay-ms",
             type=float,
-            default=0.0,
-            help="longest wait for a batch to fill (imgcls: 0)",
+            default=5.0,
+            help="longest wait for a batch to fill (imgcls: 5)",
         )
     if workers:
         parser.add_argument("--workers", type=int, default=1, help="model copies (processes/replicas)")

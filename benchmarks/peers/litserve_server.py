@@ -14,7 +14,7 @@ and splits the result back per request, so a multi-image request is answered who
 An image that does not decode fails its request with 400, and every request batched with it too:
 LitServe's batched loop answers one exception to the whole batch.
 
-Knobs: ``--max-batch-size`` (default 32) and ``--max-queue-delay-ms`` (default 0, LitServe's
+Knobs: ``--max-batch-size`` (default 32) and ``--max-queue-delay-ms`` (default 5, LitServe's
 ``batch_timeout`` in seconds) as imgcls's; ``--workers`` inference worker processes (LitServe's
 ``workers_per_device``, default 1) with one uvicorn API process per worker (LitServe's default
 ``num_api_servers``); ``accelerator="cpu"`` only so that LitServe starts exactly ``--workers``
@@ -98,7 +98,7 @@ def build_server(
     model_name: str,
     *,
     max_batch_size: int = 32,
-    max_queue_delay_ms: float = 0.0,
+    max_queue_delay_ms: float = 5.0,
     workers: int = 1,
     device: str = "auto",
     intra_op_threads: int | None = None,

@@ -15,7 +15,7 @@ counts images, as imgcls's does, and a request with k images gets its k answers 
 image fails only its own request, since decoding happens before the batch. The model call runs in a
 thread too, so the replica keeps accepting and decoding while a batch computes, as imgcls does.
 
-Knobs: ``--max-batch-size`` (default 32) and ``--max-queue-delay-ms`` (default 0, Ray's
+Knobs: ``--max-batch-size`` (default 32) and ``--max-queue-delay-ms`` (default 5, Ray's
 ``batch_wait_timeout_s`` in seconds) as imgcls's; ``--workers`` replicas (default 1), each with Ray's
 default ``num_cpus=1``, so at most one per core, on a local Ray instance given every core. With more
 than one replica, give each ``--intra-op-threads`` of about cores / replicas. Ray's workers run at

@@ -301,3 +301,63 @@ def test_a_request_larger_than_the_whole_queue_is_bad_input_not_retryable():
         await b.stop()
 
     run(scenario)
+
+
+def test_waiting_only_for_incoming_sends_a_lone_request_at_once():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=8, max_queue_delay_ms=60_000, wait_only_for_incoming=True)
+        assert await b.submit([1]) == [2]  # nothing else announced: no minute-long wait
+        assert runner.batches == [[1]]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_waiting_only_for_incoming_waits_for_announced_items_and_batches_them():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=8, max_queue_delay_ms=60_000, wait_only_for_incoming=True)
+        decoded = asyncio.Event()
+
+        async def slow_request() -> list:
+            with b.incoming(2):
+                await decoded.wait()  # "decoding"
+            return await b.submit([10, 11])
+
+        slow = asyncio.create_task(slow_request())
+        await asyncio.sleep(0)
+        fast = asyncio.create_task(b.submit([1]))
+        await asyncio.sleep(0.05)
+        assert runner.batches == []  # two images are on their way: worth waiting for
+        decoded.set()
+        assert await asyncio.gather(fast, slow) == [[2], [20, 22]]
+        assert runner.batches == [[1, 10, 11]]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_waiting_stops_when_announced_items_fail_before_arriving():
+    async def scenario():
+        runner = FakeRunner()
+        b = batcher(runner, max_batch_size=8, max_queue_delay_ms=60_000, wait_only_for_incoming=True)
+        failed = asyncio.Event()
+
+        async def failing_request() -> None:
+            with b.incoming(1):
+                await failed.wait()
+                raise ValueError("corrupt image")
+
+        doomed = asyncio.create_task(failing_request())
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(b.submit([3]))
+        await asyncio.sleep(0.05)
+        assert runner.batches == []
+        failed.set()
+        with pytest.raises(ValueError, match="corrupt"):
+            await doomed
+        assert await waiting == [6]  # sent as soon as the announced image stopped coming
+        await b.stop()
+
+    run(scenario)

@@ -52,17 +52,22 @@ def test_doubling_batch_sizes_end_at_the_limit():
 
 
 def test_batching_settings_parse_with_and_without_a_delay():
-    assert parse_settings("1, 32@0,16@2.5") == [
+    assert parse_settings("1, 32@0,16@2.5,32@5fixed") == [
         BatchingSetting(1, 0.0),
         BatchingSetting(32, 0.0),
         BatchingSetting(16, 2.5),
+        BatchingSetting(32, 5.0, fixed_wait=True),
     ]
+    assert (
+        BatchingSetting(32, 5.0, fixed_wait=True).env()["IMGCLS_BATCHING__WAIT_ONLY_FOR_INCOMING"] == "false"
+    )
     assert BatchingSetting(1, 0).label == "off (max_batch_size=1)"
     assert BatchingSetting(32, 2.0).env() == {
         "IMGCLS_BATCHING__MAX_BATCH_SIZE": "32",
         "IMGCLS_BATCHING__MAX_QUEUE_DELAY_MS": "2.0",  # pydantic reads it back as a float
+        "IMGCLS_BATCHING__WAIT_ONLY_FOR_INCOMING": "true",
     }
-    for bad in ("0", "x", "32@", "32@-1", ""):
+    for bad in ("0", "x", "32@", "32@-1", "", "32fixed"):
         with pytest.raises(ValueError, match="MAX_BATCH_SIZE"):
             parse_settings(bad)
 

@@ -64,7 +64,7 @@ def test_the_command_line_offers_batching_and_workers_only_where_asked(repo: Pat
     assert (bundle, args.port, args.intra_op_threads) == (repo / "tiny" / "10", 9, None)
     assert not hasattr(args, "max_batch_size") and not hasattr(args, "workers")
     args, _ = parse_args("x", ["--bundle", str(repo / "tiny" / "1")], batching=True, workers=True)
-    assert (args.max_batch_size, args.max_queue_delay_ms, args.workers) == (32, 0.0, 1)
+    assert (args.max_batch_size, args.max_queue_delay_ms, args.workers) == (32, 5.0, 1)
 
 
 def test_a_model_answers_what_imgcls_runtime_answers(repo: Path, images: list[bytes]):
