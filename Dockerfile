@@ -20,6 +20,8 @@ WORKDIR /opt/imgcls
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY service ./service
+# `imgcls bench` (load tests against a deployment) ships in the image; recorded results do not.
+COPY benchmarks ./benchmarks
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --extra-index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1; \
     fi \
