@@ -71,12 +71,11 @@ def run_setting(
     concurrency: int,
     warmup_s: float,
     duration_s: float,
-    extra_env: dict[str, str] | None = None,
 ) -> dict:
     """Start imgcls with ``setting``, drive it, stop it; the load summary plus the mean batch formed."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    spec = imgcls_server(model_repo, port, label="imgcls", env={**(extra_env or {}), **setting.env()})
+    spec = imgcls_server(model_repo, port, env=setting.env())
     probe = payloads[0]
     with running(spec, url, probe.path, probe.content, probe.headers):
         before = mean_batch_size(httpx.get(f"{url}/metrics").text)

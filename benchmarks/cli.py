@@ -321,7 +321,6 @@ def bench_compare(
         max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
         intra_op_threads=threads,
-        imgcls_env={},
     ):
         if spec is None:
             skipped[label] = reason

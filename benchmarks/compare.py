@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.load import Payload, run, run_closed_loop
 from benchmarks.servers import ServerSpec, free_port, imgcls_server, peer_server, running
 
-__all__ = ["PEERS", "Peer", "missing_framework", "run_server"]
+__all__ = ["PEERS", "Peer", "missing_framework", "run_server", "specs"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ def specs(
     max_batch_size: int,
     max_queue_delay_ms: float,
     intra_op_threads: int,
-    imgcls_env: dict[str, str],
 ) -> list[tuple[ServerSpec | None, str, int, str | None]]:
     """(spec, label, port, why skipped) for imgcls and every peer; all run the model with
     ``intra_op_threads`` runtime threads, so they differ only in how they serve."""
@@ -61,7 +60,6 @@ def specs(
         "IMGCLS_BATCHING__MAX_BATCH_SIZE": str(max_batch_size),
         "IMGCLS_BATCHING__MAX_QUEUE_DELAY_MS": str(max_queue_delay_ms),
         "IMGCLS_INTRA_OP_THREADS": str(intra_op_threads),
-        **imgcls_env,
     }
     out.append((imgcls_server(model_repo, port, env=env), "imgcls", port, None))
     for peer in PEERS:

@@ -313,21 +313,17 @@ def write_report(results: list[RunResult], meta: dict, folder: Path) -> Path:
     ]
     (folder / "results.md").write_text("\n".join(lines))
 
-    import matplotlib
+    from benchmarks.report import saved_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    throughput = [s["images_per_s"] for s in summaries]
-    for key in ("p50_ms", "p99_ms"):
-        ax.plot(throughput, [s[key] for s in summaries], marker="o", label=key.removesuffix("_ms"))
-    for s, x in zip(summaries, throughput, strict=True):
-        ax.annotate(s["mode"], (x, s["p99_ms"] or 0), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel="images/s", ylabel="latency (ms)", title=f"{meta['model']} over {meta['protocol']}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "latency-vs-throughput.png", dpi=100)
-    plt.close(fig)
+    with saved_figure(folder / "latency-vs-throughput.png") as (_, ax):
+        throughput = [s["images_per_s"] for s in summaries]
+        for key in ("p50_ms", "p99_ms"):
+            ax.plot(throughput, [s[key] for s in summaries], marker="o", label=key.removesuffix("_ms"))
+        for s, x in zip(summaries, throughput, strict=True):
+            ax.annotate(
+                s["mode"], (x, s["p99_ms"] or 0), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+        ax.set(xlabel="images/s", ylabel="latency (ms)", title=f"{meta['model']} over {meta['protocol']}")
+        ax.grid(alpha=0.3)
+        ax.legend()
     return folder

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LOAD_COLUMNS", "machine_line", "write_table_report"]
+__all__ = ["LOAD_COLUMNS", "machine_line", "saved_figure", "write_table_report"]
 
 # (header, key) of the load columns every server table shows
 LOAD_COLUMNS = (
@@ -17,6 +20,23 @@ LOAD_COLUMNS = (
     ("errors", "errors"),
     ("client CPU %", "client_cpu_percent"),
 )
+
+
+@contextlib.contextmanager
+def saved_figure(path: Path, *, ncols: int = 1, figsize: tuple[float, float] = (7, 4.5)) -> Iterator[Any]:
+    """``(figure, axes)`` from headless matplotlib, laid out and written to ``path`` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def machine_line(document: dict) -> str:
@@ -65,23 +85,16 @@ def write_table_report(
     ]
     (folder / "results.md").write_text("\n".join(lines))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [str(row[label_key]) for row in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 2))
-    left.barh(labels, [row.get("images_per_s") or 0 for row in rows], color="tab:blue")
-    left.set(xlabel="images/s (higher is better)")
-    right.barh(labels, [row.get("p99_ms") or 0 for row in rows], color="tab:orange")
-    right.set(xlabel="p99 latency, ms (lower is better)")
-    right.set_yticks([])
-    for axis in (left, right):
-        axis.invert_yaxis()
-        axis.grid(axis="x", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(folder / "throughput-p99.png", dpi=100)
-    plt.close(fig)
+    size = (10, 0.6 * len(rows) + 2)
+    with saved_figure(folder / "throughput-p99.png", ncols=2, figsize=size) as (fig, (left, right)):
+        left.barh(labels, [row.get("images_per_s") or 0 for row in rows], color="tab:blue")
+        left.set(xlabel="images/s (higher is better)")
+        right.barh(labels, [row.get("p99_ms") or 0 for row in rows], color="tab:orange")
+        right.set(xlabel="p99 latency, ms (lower is better)")
+        right.set_yticks([])
+        for axis in (left, right):
+            axis.invert_yaxis()
+            axis.grid(axis="x", alpha=0.3)
+        fig.suptitle(title, fontsize=10)
     return folder

@@ -17,6 +17,7 @@ Three measurements, all in this process, after warm-up:
 from __future__ import annotations
 
 import io
+import itertools
 import queue
 import statistics
 import threading
@@ -30,23 +31,20 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.stats import percentile
+from service.batcher import doubling_batch_sizes
 from service.preprocess import Preprocessor, init_decode_thread
-from service.runtimes import OnnxRuntime, Runtime, TensorRTRuntime, TorchScriptRuntime, softmax
-from service.settings import usable_cores
-from trainer.manifest import Manifest
+from service.runtimes import Runtime, build_runtime, resolve_device, softmax
+from service.settings import default_decode_threads, default_intra_op_threads, usable_cores
+from trainer.manifest import Artifact, Manifest
 
 __all__ = [
     "CeilingResult",
     "Timing",
-    "available_runtimes",
-    "doubling",
+    "bench_runtimes",
     "in_process_ceiling",
     "measure_ceiling",
-    "pipeline_grid",
-    "preprocess_timings",
-    "runtime_timings",
     "single_image_latency",
-    "time_calls",
+    "write_runtimes_report",
 ]
 
 
@@ -81,15 +79,6 @@ def time_calls(
         fn()
         samples.append(time.perf_counter() - started)
     return Timing.of(samples)
-
-
-def doubling(limit: int) -> list[int]:
-    """1, 2, 4, ... up to and including ``limit`` (``limit`` itself even when not a power of two)."""
-    sizes, size = [], 1
-    while size < limit:
-        sizes.append(size)
-        size *= 2
-    return [*sizes, limit]
 
 
 class EagerRuntime(Runtime):
@@ -139,37 +128,20 @@ def available_runtimes(
         except Exception as exc:  # a model the eager builder cannot rebuild, a provider that fails
             skipped[label] = f"{type(exc).__name__}: {exc}".splitlines()[0]
 
+    def served(name: str, artifact: Artifact) -> Callable[[], Runtime]:
+        return lambda: build_runtime(name, artifact, bundle_dir, device, intra_op_threads)
+
     if manifest.architecture:
         attempt("eager", lambda: EagerRuntime(manifest, device=device))
-    torchscript = manifest.artifact("torchscript")
-    if torchscript is not None:
-        attempt(
-            "torchscript",
-            lambda: TorchScriptRuntime(
-                bundle_dir / torchscript.path,
-                device=device,
-                half=device == "cuda",
-                intra_op_threads=intra_op_threads,
-            ),
-        )
-    else:
-        skipped["torchscript"] = "the bundle has no TorchScript artifact"
-    onnx = manifest.artifact("onnx")
-    if onnx is not None:
-        attempt(
-            "onnxruntime",
-            lambda: OnnxRuntime(bundle_dir / onnx.path, device=device, intra_op_threads=intra_op_threads),
-        )
-    else:
-        skipped["onnxruntime"] = "the bundle has no ONNX artifact"
+    for name, fmt, what in (("torchscript", "torchscript", "TorchScript"), ("onnxruntime", "onnx", "ONNX")):
+        artifact = manifest.artifact(fmt)
+        if artifact is None:
+            skipped[name] = f"the bundle has no {what} artifact"
+        else:
+            attempt(name, served(name, artifact))
     for artifact in manifest.artifacts:
         if artifact.format == "torchscript_tensorrt":
-            attempt(
-                f"tensorrt-{artifact.precision}",
-                lambda artifact=artifact: TensorRTRuntime(
-                    bundle_dir / artifact.path, precision=artifact.precision
-                ),
-            )
+            attempt(f"tensorrt-{artifact.precision}", served("tensorrt", artifact))
     return runtimes, skipped
 
 
@@ -227,7 +199,7 @@ def _preprocess_timings(preprocessor: Preprocessor, images: list[bytes], seconds
         paths = {"torchvision.io.decode_jpeg": preprocessor, **paths}
     rows = []
     for decoder, run in paths.items():
-        turn = iter(range(10**12))
+        turn = itertools.count()
         timing = time_calls(lambda run=run, turn=turn: run(images[next(turn) % len(images)]), seconds)
         rows.append(
             {
@@ -244,7 +216,7 @@ def single_image_latency(
     runtime: Runtime, preprocessor: Preprocessor, images: list[bytes], seconds: float
 ) -> Timing:
     """Decode + preprocess + infer one image, one after another: the floor of a request's latency."""
-    turn = iter(range(10**12))
+    turn = itertools.count()
 
     def one() -> None:
         runtime.infer(preprocessor(images[next(turn) % len(images)])[None])
@@ -268,7 +240,6 @@ class CeilingResult:
 
 def in_process_ceiling(
     runtime: Runtime,
-    runtime_name: str,
     preprocessor: Preprocessor,
     images: list[bytes],
     *,
@@ -281,7 +252,7 @@ def in_process_ceiling(
     ``batch_size``, never waiting for more) and runs it. Images/s counted after a warm-up second."""
     ready: queue.Queue[np.ndarray] = queue.Queue(maxsize=4 * batch_size)
     stop = threading.Event()
-    counter = iter(range(10**12))
+    counter = itertools.count()
     lock = threading.Lock()
 
     def decoder() -> None:
@@ -330,7 +301,7 @@ def in_process_ceiling(
     for thread in threads:
         thread.join(timeout=30)
     return CeilingResult(
-        runtime=runtime_name,
+        runtime=runtime.name,
         decode_threads=decode_threads,
         batch_size=batch_size,
         images_per_s=round(done["images"] / elapsed, 1),
@@ -351,12 +322,9 @@ def bench_runtimes(
 ) -> dict:
     """Run all three measurements for the bundle; return the results document (see results.json)."""
 
-    import torch
-
     from trainer.manifest import load_manifest
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     manifest = load_manifest(bundle_dir)
     shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
     runtimes, skipped = available_runtimes(
@@ -366,7 +334,7 @@ def bench_runtimes(
         raise RuntimeError(f"no runtime loads {bundle_dir} here: {skipped}")
     for name, reason in skipped.items():
         log(f"skipped {name}: {reason}")
-    sizes = batch_sizes or doubling(64)
+    sizes = batch_sizes or doubling_batch_sizes(64)
     log(f"runtimes {', '.join(runtimes)} on {device}, batch sizes {sizes}")
     rows = runtime_timings(runtimes, shape, sizes, seconds)
 
@@ -400,10 +368,11 @@ def bench_runtimes(
     }
 
 
-def pipeline_grid(device: str, cores: int) -> tuple[list[int | None], list[int], list[int]]:
+def pipeline_grid(device: str) -> tuple[list[int | None], list[int], list[int]]:
     """What a tuned service could pick, tried for the ceiling: runtime intra-op threads (None: the
     runtime's own; on a GPU they do not matter), decode threads, and largest batch."""
-    decode = sorted({1, min(4, cores), cores}) if device == "cpu" else sorted({min(4, cores), cores})
+    cores, serving = usable_cores(), default_decode_threads()
+    decode = sorted({1, serving, cores}) if device == "cpu" else sorted({serving, cores})
     intra: list[int | None] = (
         sorted({1, cores} | {max(1, cores - t) for t in decode}) if device == "cpu" else [None]
     )
@@ -429,13 +398,13 @@ def measure_ceiling(
 
     manifest = load_manifest(bundle_dir)
     preprocessor = Preprocessor(manifest.preprocess)
-    cores = usable_cores()
-    resolved = "cuda" if device == "cuda" or (device == "auto" and _cuda()) else "cpu"
-    intra_options, decode_options, sizes = pipeline_grid(resolved, cores)
+    resolved = resolve_device(device)
+    intra_options, decode_options, sizes = pipeline_grid(resolved)
     if intra_op_threads is not None:
         intra_options = [intra_op_threads]
-    # the service's default (service.settings): the cores its decode threads leave free
-    serving_threads = intra_op_threads or (max(1, cores - min(4, cores)) if resolved == "cpu" else None)
+    serving_threads = intra_op_threads or (
+        default_intra_op_threads(default_decode_threads()) if resolved == "cpu" else None
+    )
     single, pipeline, name = None, [], ""
     for intra in intra_options:
         runtime = choose_runtime(manifest, bundle_dir, device=resolved, intra_op_threads=intra)
@@ -447,7 +416,6 @@ def measure_ceiling(
                 for size in sizes:
                     result = in_process_ceiling(
                         runtime,
-                        runtime.name,
                         preprocessor,
                         images,
                         decode_threads=threads,
@@ -470,12 +438,6 @@ def measure_ceiling(
         "pipeline": pipeline,
         "ceiling": max(pipeline, key=lambda r: r["images_per_s"]),
     }
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def write_runtimes_report(document: dict, folder: Path) -> Path:
@@ -529,25 +491,23 @@ def write_runtimes_report(document: dict, folder: Path) -> Path:
     ]
     (folder / "results.md").write_text("\n".join(lines))
 
-    import matplotlib
+    from benchmarks.report import saved_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(r["runtime"] for r in document["runtimes"]):
-        rows = [r for r in document["runtimes"] if r["runtime"] == name]
-        ax.plot([r["batch_size"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=name)
-    ax.axhline(best["images_per_s"], color="grey", linestyle="--", label="in-process ceiling (with decode)")
-    ax.set_xscale("log", base=2)
-    ax.set(
-        xlabel="batch size",
-        ylabel="images/s (inference only)",
-        title=f"{document['architecture']} on {document['device']}",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "images-per-s-by-batch.png", dpi=100)
-    plt.close(fig)
+    with saved_figure(folder / "images-per-s-by-batch.png") as (_, ax):
+        for name in dict.fromkeys(r["runtime"] for r in document["runtimes"]):
+            rows = [r for r in document["runtimes"] if r["runtime"] == name]
+            ax.plot(
+                [r["batch_size"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=name
+            )
+        ax.axhline(
+            best["images_per_s"], color="grey", linestyle="--", label="in-process ceiling (with decode)"
+        )
+        ax.set_xscale("log", base=2)
+        ax.set(
+            xlabel="batch size",
+            ylabel="images/s (inference only)",
+            title=f"{document['architecture']} on {document['device']}",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend()
     return folder

@@ -41,30 +41,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def imgcls_server(
-    model_repo: Path, port: int, *, label: str = "imgcls", env: dict[str, str] | None = None
-) -> ServerSpec:
+def _local_server(program: list[str], model_repo: Path, port: int, *options: str) -> list[str]:
+    """``python -m <program>`` serving ``model_repo`` on 127.0.0.1:``port`` (options every server takes)."""
+    return [sys.executable, "-m", *program, "--model-repo", str(model_repo), "--host", "127.0.0.1",
+            "--port", str(port), *options]  # fmt: skip
+
+
+def imgcls_server(model_repo: Path, port: int, *, env: dict[str, str] | None = None) -> ServerSpec:
     """`imgcls serve` over ``model_repo`` with text logs at warning level (the load is not logged)."""
-    return ServerSpec(
-        label=label,
-        command=[
-            sys.executable,
-            "-m",
-            "trainer",
-            "serve",
-            "--model-repo",
-            str(model_repo),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--log-level",
-            "warning",
-            "--log-format",
-            "text",
-        ],
-        env=env or {},
+    command = _local_server(
+        ["trainer", "serve"], model_repo, port, "--log-level", "warning", "--log-format", "text"
     )
+    return ServerSpec(label="imgcls", command=command, env=env or {})
 
 
 def peer_server(
@@ -73,20 +61,7 @@ def peer_server(
     """A peer from ``benchmarks.peers`` (see its modules for the command-line contract)."""
     return ServerSpec(
         label=label,
-        command=[
-            sys.executable,
-            "-m",
-            f"benchmarks.peers.{module}",
-            "--model-repo",
-            str(model_repo),
-            "--model",
-            model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *options,
-        ],
+        command=_local_server([f"benchmarks.peers.{module}"], model_repo, port, "--model", model, *options),
     )
 
 

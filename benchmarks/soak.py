@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.machine import machine
+from benchmarks.report import saved_figure
+from benchmarks.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,10 +72,8 @@ async def drive(
                     "rss_mib": round(rss_bytes(pid) / 2**20, 1),
                     "requests": len(taken),
                     "rps": round(len(taken) / window_s, 1),
-                    "p50_ms": round(taken[len(taken) // 2] * 1000, 2) if taken else None,
-                    "p99_ms": round(taken[min(len(taken) - 1, int(len(taken) * 0.99))] * 1000, 2)
-                    if taken
-                    else None,
+                    "p50_ms": round(percentile(taken, 0.50) * 1000, 2) if taken else None,
+                    "p99_ms": round(percentile(taken, 0.99) * 1000, 2) if taken else None,
                     "errors": errs,
                 }
             )
@@ -165,23 +165,16 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = [w["t_s"] for w in windows]
-    fig, (memory_ax, latency_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    memory_ax.plot(t, [w["rss_mib"] for w in windows], marker="o")
-    memory_ax.set(title="Server RSS", xlabel="seconds", ylabel="MiB")
-    latency_ax.plot(t, [w["p50_ms"] for w in windows], marker="o", label="p50")
-    latency_ax.plot(t, [w["p99_ms"] for w in windows], marker="o", label="p99")
-    latency_ax.set(title="Request latency", xlabel="seconds", ylabel="ms")
-    latency_ax.legend()
-    for ax in (memory_ax, latency_ax):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "soak.png", dpi=100)
+    with saved_figure(folder / "soak.png", ncols=2, figsize=(11, 4)) as (_, (memory_ax, latency_ax)):
+        memory_ax.plot(t, [w["rss_mib"] for w in windows], marker="o")
+        memory_ax.set(title="Server RSS", xlabel="seconds", ylabel="MiB")
+        latency_ax.plot(t, [w["p50_ms"] for w in windows], marker="o", label="p50")
+        latency_ax.plot(t, [w["p99_ms"] for w in windows], marker="o", label="p99")
+        latency_ax.set(title="Request latency", xlabel="seconds", ylabel="ms")
+        latency_ax.legend()
+        for ax in (memory_ax, latency_ax):
+            ax.grid(alpha=0.3)
 
     lines = [
         f"# Soak: {args.minutes:g} min, {args.concurrency} concurrent clients, {args.images_per_request} images per request",

@@ -22,29 +22,18 @@ import trainer
 from service import routes_health, routes_v1, routes_v2
 from service.auth import ApiKeyMiddleware, load_api_keys
 from service.errors import (
-    BadInputError,
-    DeadlineExceededError,
-    PayloadTooLargeError,
-    QueueFullError,
     ServiceError,
-    UnsupportedMediaTypeError,
+    error_response,
+    service_error_response,
 )
 from service.limits import BodyLimitMiddleware
 from service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from service.observe import RequestObserverMiddleware
 from service.registry import ModelRegistry
-from service.routes_common import error_response, service_error_response
 from service.settings import Settings
 
 __all__ = ["create_app"]
 
-_REJECT_REASONS = {
-    QueueFullError: "queue_full",
-    DeadlineExceededError: "deadline",
-    BadInputError: "bad_input",
-    UnsupportedMediaTypeError: "bad_input",
-    PayloadTooLargeError: "too_large",
-}
 
 log = logging.getLogger("imgcls.app")
 
@@ -65,7 +54,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(settings, observers=[metrics])
         registry.repository.require_root()  # a missing repository stops start-up here, with its message
         app.state.registry = registry
-        live[:] = [registry]
         metrics_server = None
         if settings.metrics_port is not None:  # a separate port, e.g. kept off the public Service
             metrics_server, _ = start_http_server(
@@ -88,10 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         [settings.batching.max_batch_size]
         + [o.max_batch_size for o in settings.models.values() if o.max_batch_size]
     )
-    live: list[ModelRegistry] = []  # the registry, once the lifespan has made it
-    metrics = ServiceMetrics(largest_batch, workers=lambda: live[0].all() if live else [])
-
     app = FastAPI(title="imgcls", version=trainer.__version__, lifespan=lifespan)
+    metrics = ServiceMetrics(  # the registry exists once the lifespan has made it
+        largest_batch, workers=lambda: app.state.registry.all() if hasattr(app.state, "registry") else []
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(
@@ -110,10 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        reason = _REJECT_REASONS.get(type(exc))
-        if reason is not None:
+        if exc.reject_reason is not None:
             model, version = getattr(request.state, "model_labels", ("", ""))
-            metrics.rejected.labels(model, version, reason).inc()
+            metrics.rejected.labels(model, version, exc.reject_reason).inc()
         return service_error_response(exc)
 
     @app.exception_handler(RequestValidationError)

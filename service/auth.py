@@ -12,7 +12,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.limits import send_json_error
+from service.errors import error_response
 from trainer.errors import ConfigError
 
 __all__ = ["ApiKeyMiddleware", "load_api_keys"]
@@ -66,9 +66,9 @@ class ApiKeyMiddleware:
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             return False
-        matched = False
+        token, matched = token.strip(), False
         for key in self.keys:  # no early exit: the time taken does not depend on which key matched
-            matched |= hmac.compare_digest(key, token.strip())
+            matched |= hmac.compare_digest(key, token)
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,9 +77,9 @@ class ApiKeyMiddleware:
             return
         if self._on_reject is not None:
             self._on_reject()
-        await send_json_error(
-            send,
+        refusal = error_response(
             401,
             "missing or invalid API key; send 'Authorization: Bearer <key>'",
-            [(b"www-authenticate", b'Bearer realm="imgcls"')],
+            headers={"WWW-Authenticate": 'Bearer realm="imgcls"'},
         )
+        await refusal(scope, receive, send)

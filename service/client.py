@@ -13,9 +13,7 @@ __all__ = ["ClientError", "predict_files", "wait_until_ready"]
 
 
 class ClientError(ImgclsError):
-    """The server could not be reached, or answered with an error."""
-
-    exit_code = 1
+    """The server could not be reached, or answered with an error (exit code 1, as every ImgclsError)."""
 
 
 def _error(response: httpx.Response) -> ClientError:

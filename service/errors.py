@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
+
 from trainer.errors import BundleError, ImgclsError
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "RuntimeUnavailableError",
     "ServiceError",
     "UnsupportedMediaTypeError",
+    "error_response",
+    "service_error_response",
 ]
 
 
@@ -26,12 +30,14 @@ class ServiceError(ImgclsError):
 
     status = 500
     retry_after_s: int | None = None
+    reject_reason: str | None = None  # the imgcls_rejected_total reason label, for refusals we count
 
 
 class BadInputError(ServiceError):
     """The request is malformed: undecodable image, wrong shape or datatype, too many images."""
 
     status = 400
+    reject_reason = "bad_input"
 
 
 class ModelNotFoundError(ServiceError):
@@ -40,10 +46,12 @@ class ModelNotFoundError(ServiceError):
 
 class PayloadTooLargeError(ServiceError):
     status = 413
+    reject_reason = "too_large"
 
 
 class UnsupportedMediaTypeError(ServiceError):
     status = 415
+    reject_reason = "bad_input"
 
 
 class QueueFullError(ServiceError):
@@ -51,6 +59,7 @@ class QueueFullError(ServiceError):
 
     status = 503
     retry_after_s = 1
+    reject_reason = "queue_full"
 
 
 class ModelNotReadyError(ServiceError):
@@ -62,6 +71,7 @@ class DeadlineExceededError(ServiceError):
     """The request's deadline passed while its images were still queued."""
 
     status = 504
+    reject_reason = "deadline"
 
 
 class ClientDisconnectedError(ServiceError):
@@ -78,3 +88,17 @@ class InferenceFailedError(ServiceError):
 
 class RuntimeUnavailableError(ImgclsError):
     """A runtime cannot run here (no CUDA, no torch_tensorrt, no artifact of that format)."""
+
+
+def error_response(
+    status: int, message: str, retry_after_s: int | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """``{"error": message}``: every error body the service sends, from routes and middleware alike."""
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status, str(exc), exc.retry_after_s)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from service.errors import BadInputError
 
-__all__ = ["check_json_depth"]
+__all__ = ["check_json_depth", "load_json"]
 
 # Keep only brackets and quotes; escaped backslashes and quotes are removed first, so every quote
 # left opens or closes a string.
@@ -33,3 +35,15 @@ def check_json_depth(body: bytes, max_depth: int) -> None:
                 )
         else:  # ] }
             depth -= 1
+
+
+def load_json(body: bytes, max_depth: int, what: str) -> object:
+    """``body`` parsed, after the depth check; :class:`BadInputError` saying what (``what``) is wrong.
+
+    The depth check runs first and max_depth is at most 512, so the parser cannot recurse too deep.
+    """
+    check_json_depth(body, max_depth)
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{what} is not valid JSON ({exc.args[0] if exc.args else exc})") from None

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError
+from service.errors import PayloadTooLargeError, error_response
 
-__all__ = ["BodyLimitMiddleware", "send_json_error"]
-
-
-async def send_json_error(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()
-) -> None:
-    """Answer ``{"error": message}`` straight from ASGI middleware (before any route or handler runs)."""
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+__all__ = ["BodyLimitMiddleware"]
 
 
 class BodyLimitMiddleware:
@@ -44,10 +24,10 @@ class BodyLimitMiddleware:
     def _message(self) -> str:
         return f"request body is over the limit of {self.max_body_bytes} bytes; send fewer or smaller images"
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._on_reject is not None:
             self._on_reject()
-        await send_json_error(send, 413, self._message())
+        await error_response(413, self._message())(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +35,7 @@ class BodyLimitMiddleware:
             return
         for key, value in scope.get("headers", []):
             if key == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                await self._reject(send)
+                await self._reject(scope, receive, send)
                 return
         received = 0
         started = False
@@ -79,4 +59,4 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except PayloadTooLargeError:  # raised where no handler runs (e.g. while a form streams)
             if not started:
-                await self._reject(send)
+                await self._reject(scope, receive, send)

@@ -32,8 +32,6 @@ LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-REJECT_REASONS = ("queue_full", "deadline", "bad_input", "too_large", "unauthorized")
-
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
     """1, 2, 4, ... up to and including the largest batch the batcher may form."""
@@ -157,10 +155,11 @@ class ServiceMetrics:
             buckets=batch_size_buckets(max_batch_size),
             registry=self.registry,
         )
-        self.inflight_count = 0  # the same number, readable without prometheus internals (graceful shutdown)
+        self.inflight_count = 0  # kept by the request observer; graceful shutdown reads it too
         self.inflight = Gauge(
             "imgcls_inflight_requests", "Prediction requests being handled.", registry=self.registry
         )
+        self.inflight.set_function(lambda: self.inflight_count)
         self.rejected = Counter(
             "imgcls_rejected", "Requests refused, by reason.", [*model, "reason"], registry=self.registry
         )

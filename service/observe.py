@@ -63,12 +63,10 @@ class RequestObserverMiddleware:
         if protocol is None:
             await self.app(scope, receive, observing_send)
             return
-        self.metrics.inflight.inc()
         self.metrics.inflight_count += 1
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            self.metrics.inflight.dec()
             self.metrics.inflight_count -= 1
             seconds = time.perf_counter() - started
             model, version = state.get("model_labels", ("", ""))

@@ -70,9 +70,8 @@ class Preprocessor:
             raise BadInputError(
                 "not a decodable image (send JPEG, PNG, WebP, BMP or GIF file bytes)"
             ) from None
-        except (
-            Exception
-        ) as exc:  # corrupt files raise anything from inside the decoders (struct.error, IndexError...)
+        # corrupt files raise anything from inside the decoders (struct.error, IndexError...)
+        except Exception as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise BadInputError(f"corrupt or truncated image ({detail})") from None
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from service.errors import ModelNotFoundError, ModelNotReadyError
+from service.errors import ModelNotReadyError
 from service.preprocess import init_decode_thread
-from service.repository import BundleRef, ModelRepository
+from service.repository import BundleRef, ModelRepository, select_version
 from service.settings import Settings
 from service.worker import ModelWorker
 
@@ -70,18 +70,7 @@ class ModelRegistry:
         versions = self.workers.get(name)
         if not versions and not self.scanned:
             raise ModelNotReadyError("the model repository is still being verified; retry shortly")
-        if not versions:
-            raise ModelNotFoundError(
-                f"unknown model {name!r}; models served here: {', '.join(self.names) or 'none'}"
-            )
-        if version is None:
-            ready = [v for v, w in versions.items() if w.ready]
-            return versions[max(ready) if ready else max(versions)]
-        if version not in versions:
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version}; versions: {', '.join(map(str, sorted(versions)))}"
-            )
-        return versions[version]
+        return select_version(self.workers, name, version, usable=lambda worker: worker.ready)
 
     async def stop(self, drain: bool = True) -> None:
         for worker in self.all():

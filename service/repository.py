@@ -7,14 +7,18 @@ operator can see why. Hidden folders (``.1.staging-…`` written by ``imgcls exp
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from service.errors import ModelNotFoundError
 from trainer.errors import BundleError
 from trainer.manifest import Manifest, load_manifest, verify_artifacts
 
-__all__ = ["BundleRef", "ModelRepository", "load_bundle"]
+__all__ = ["BundleRef", "ModelRepository", "load_bundle", "select_version"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,15 +85,27 @@ class ModelRepository:
 
     def get(self, name: str, version: int | None = None) -> BundleRef:
         """The bundle for ``name`` (and ``version``); raises :class:`ModelNotFoundError` naming what exists."""
-        versions = self.bundles.get(name)
-        if not versions:
-            known = ", ".join(self.names) or "none"
-            raise ModelNotFoundError(f"unknown model {name!r}; models served here: {known}")
-        if version is None:
-            loaded = [v for v, ref in versions.items() if ref.ok]
-            return versions[max(loaded)] if loaded else versions[max(versions)]
-        if version not in versions:
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version}; versions: {', '.join(map(str, sorted(versions)))}"
-            )
-        return versions[version]
+        return select_version(self.bundles, name, version, usable=lambda ref: ref.ok)
+
+
+def select_version(
+    versions_by_name: Mapping[str, Mapping[int, T]],
+    name: str,
+    version: int | None,
+    *,
+    usable: Callable[[T], bool],
+) -> T:
+    """``version`` of ``name``, or without one the highest usable version (the highest of all if none
+    is usable, so its state can be reported); :class:`ModelNotFoundError` names what exists."""
+    versions = versions_by_name.get(name)
+    if not versions:
+        known = ", ".join(sorted(versions_by_name)) or "none"
+        raise ModelNotFoundError(f"unknown model {name!r}; models served here: {known}")
+    if version is None:
+        candidates = [v for v, entry in versions.items() if usable(entry)]
+        return versions[max(candidates) if candidates else max(versions)]
+    if version not in versions:
+        raise ModelNotFoundError(
+            f"model {name!r} has no version {version}; versions: {', '.join(map(str, sorted(versions)))}"
+        )
+    return versions[version]

@@ -10,20 +10,17 @@ from typing import TypeVar
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from service.errors import (
     BadInputError,
     ClientDisconnectedError,
     PayloadTooLargeError,
-    ServiceError,
     UnsupportedMediaTypeError,
 )
 from service.registry import ModelRegistry
 
 __all__ = [
     "decompress",
-    "error_response",
     "off_loop",
     "parse_body",
     "registry",
@@ -34,15 +31,6 @@ __all__ = [
 log = logging.getLogger("imgcls.routes")
 
 T = TypeVar("T")
-
-
-def error_response(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def service_error_response(exc: ServiceError) -> JSONResponse:
-    return error_response(exc.status, str(exc), exc.retry_after_s)
 
 
 def top_k_indices(probabilities: np.ndarray, k: int) -> np.ndarray:

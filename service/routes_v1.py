@@ -8,13 +8,12 @@ image, in order.
 from __future__ import annotations
 
 import binascii
-import json
 
 import numpy as np
 from fastapi import APIRouter, Request
 
 from service.errors import BadInputError, UnsupportedMediaTypeError
-from service.jsonlimits import check_json_depth
+from service.jsonlimits import load_json
 from service.routes_common import parse_body, registry, top_k_indices, until_disconnect
 from service.v2_codec import decode_base64
 from service.worker import ModelWorker
@@ -45,13 +44,7 @@ def _parse_top_k(parameters: object, num_classes: int) -> int:
 
 
 def _decode_instances(body: bytes, max_json_depth: int) -> tuple[list[bytes], object]:
-    check_json_depth(body, max_json_depth)
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise BadInputError("body JSON is nested too deeply") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"body is not valid JSON ({exc.args[0] if exc.args else exc})") from None
+    payload = load_json(body, max_json_depth, "body")
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
         raise BadInputError('expected a JSON object with "instances": [{"b64": "<base64 image>"}, ...]')
     images = []

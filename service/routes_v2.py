@@ -33,14 +33,9 @@ def _platform(worker: ModelWorker) -> str:
     return _PLATFORMS[worker.runtime.name] if worker.runtime is not None else "imgcls"
 
 
-def _shape(worker: ModelWorker) -> tuple[int, int, int]:
-    spec = worker.ref.manifest.input
-    return spec.channels, spec.height, spec.width
-
-
 def _metadata(worker: ModelWorker, versions: list[int]) -> dict:
     worker.require_ready()
-    channels, height, width = _shape(worker)
+    channels, height, width = worker.ref.manifest.input.shape
     return {
         "name": worker.name,
         "versions": [str(v) for v in versions],
@@ -57,7 +52,7 @@ def _metadata(worker: ModelWorker, versions: list[int]) -> dict:
 
 def _config(worker: ModelWorker) -> dict:
     worker.require_ready()
-    channels, height, width = _shape(worker)
+    channels, height, width = worker.ref.manifest.input.shape
     batching = worker.settings.batching
     dynamic: dict = {"max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000)}
     if batching.preferred_batch_sizes:
@@ -148,7 +143,7 @@ def _select_input(
             )
         count = len(tensor.data)
     else:
-        expected = [*_shape(worker)]
+        expected = [*worker.ref.manifest.input.shape]
         if tensor.datatype != "FP32" or len(tensor.shape) != 4 or tensor.shape[1:] != expected:
             raise BadInputError(
                 f"input 'pixels' must be FP32 of shape [N, {', '.join(map(str, expected))}], got {tensor.datatype} {tensor.shape}"

@@ -12,7 +12,6 @@ dedicated executor thread (see ``service.worker``).
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -21,22 +20,24 @@ from typing import Literal
 import numpy as np
 
 from service.errors import RuntimeUnavailableError
+from service.settings import usable_cores
 from trainer.manifest import Artifact, Manifest
 
 __all__ = [
-    "RUNTIME_NAMES",
     "OnnxRuntime",
     "Runtime",
     "TensorRTRuntime",
     "TorchScriptRuntime",
+    "build_runtime",
     "choose_runtime",
+    "resolve_device",
     "softmax",
+    "warm_up",
 ]
 
 log = logging.getLogger("imgcls.runtimes")
 
 RuntimeName = Literal["onnxruntime", "torchscript", "tensorrt"]
-RUNTIME_NAMES: tuple[RuntimeName, ...] = ("onnxruntime", "torchscript", "tensorrt")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -73,10 +74,6 @@ class OnnxRuntime(Runtime):
         options.inter_op_num_threads = 1  # one batch at a time per model: parallelism is inside each op
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
-        import os
-
-        if os.environ.get("EXP_NOSPIN"):
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -105,7 +102,7 @@ class TorchScriptRuntime(Runtime):
         if device == "cpu":
             # Called on the inference thread, which is the thread that runs the model. Explicit, because
             # the decode threads set 1 for themselves and threads started later inherit that.
-            torch.set_num_threads(intra_op_threads or len(os.sched_getaffinity(0)))
+            torch.set_num_threads(intra_op_threads or usable_cores())
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeUnavailableError("no CUDA device for TorchScript on cuda")
         with warnings.catch_warnings():
@@ -156,7 +153,20 @@ class TensorRTRuntime(TorchScriptRuntime):
         self.precision = precision
 
 
-def _resolve_device(device: str) -> str:
+def warm_up(runtime: Runtime, image_shape: tuple[int, int, int], max_batch_size: int) -> None:
+    """Run batch sizes 1, 2, 4, ... ``max_batch_size`` once, so the first requests pay no compile or
+    allocation cost; a failure closes the runtime (no half-warmed GPU memory left behind)."""
+    from service.batcher import doubling_batch_sizes
+
+    try:
+        for size in doubling_batch_sizes(max_batch_size):
+            runtime.infer(np.zeros((size, *image_shape), dtype=np.float32))
+    except BaseException:
+        runtime.close()
+        raise
+
+
+def resolve_device(device: str) -> str:
     if device != "auto":
         return device
     import torch
@@ -173,9 +183,10 @@ def _candidates(manifest: Manifest, device: str) -> list[tuple[RuntimeName, Arti
     return [("onnxruntime", onnx), ("torchscript", torchscript)]
 
 
-def _build(
+def build_runtime(
     name: RuntimeName, artifact: Artifact, bundle_dir: Path, device: str, threads: int | None
 ) -> Runtime:
+    """Load ``artifact`` with the runtime ``name``, configured as the service serves it."""
     path = Path(bundle_dir) / artifact.path
     if name == "onnxruntime":
         return OnnxRuntime(path, device=device, intra_op_threads=threads)
@@ -193,7 +204,7 @@ def choose_runtime(
     intra_op_threads: int | None = None,
 ) -> Runtime:
     """The runtime to serve this bundle with; raises :class:`RuntimeUnavailableError` listing why none fits."""
-    device = _resolve_device(device)
+    device = resolve_device(device)
     candidates = _candidates(manifest, device)
     if preference != "auto":
         candidates = [c for c in candidates if c[0] == preference] or [(preference, None)]
@@ -203,7 +214,7 @@ def choose_runtime(
             reasons.append(f"{name}: the bundle has no artifact for it")
             continue
         try:
-            runtime = _build(name, artifact, bundle_dir, device, intra_op_threads)
+            runtime = build_runtime(name, artifact, bundle_dir, device, intra_op_threads)
         except RuntimeUnavailableError as exc:
             reasons.append(f"{name}: {exc}")
             log.info(

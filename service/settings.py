@@ -76,8 +76,13 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _default_decode_threads() -> int:
+def default_decode_threads() -> int:
     return max(1, min(4, usable_cores()))
+
+
+def default_intra_op_threads(decode_threads: int) -> int:
+    """The cores the decode threads leave free, at least 1: the runtime's threads on the CPU."""
+    return max(1, usable_cores() - decode_threads)
 
 
 class Settings(BaseSettings):
@@ -93,7 +98,7 @@ class Settings(BaseSettings):
     # None: the cores the decode threads leave free, at least 1 (runtimes default to all cores, and
     # competing with the decode threads cost 15-40% throughput on 2 cores: README, Performance)
     intra_op_threads: Annotated[int, Field(ge=1)] | None = None
-    decode_threads: Annotated[int, Field(ge=1)] = Field(default_factory=_default_decode_threads)
+    decode_threads: Annotated[int, Field(ge=1)] = Field(default_factory=default_decode_threads)
     batching: BatchingSettings = BatchingSettings()
     models: dict[str, ModelOverrides] = {}
     max_images_per_request: Annotated[int, Field(ge=1)] = 64
@@ -118,6 +123,6 @@ class Settings(BaseSettings):
             batching=batching,
             runtime=overrides.runtime or self.runtime,
             device=overrides.device or self.device,
-            intra_op_threads=self.intra_op_threads or max(1, usable_cores() - self.decode_threads),
+            intra_op_threads=self.intra_op_threads or default_intra_op_threads(self.decode_threads),
             warmup=self.warmup,
         )

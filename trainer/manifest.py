@@ -100,6 +100,11 @@ class InputSpec(_Strict):
     dtype: Literal["float32"] = "float32"
     layout: Literal["NCHW"] = "NCHW"
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)``: one image, without the batch axis."""
+        return self.channels, self.height, self.width
+
 
 class ParityResult(_Strict):
     """How an exported artifact compares with the eager model on validation images."""

@@ -26,17 +26,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from service.batcher import doubling_batch_sizes
 from service.errors import BadInputError
 from service.preprocess import Preprocessor
 from service.repository import load_bundle
-from service.runtimes import Runtime, choose_runtime
+from service.runtimes import Runtime, choose_runtime, warm_up
+from service.settings import Settings
 from service.v2_codec import decode_base64
 from trainer.errors import ImgclsError
+from trainer.export import next_version
 from trainer.manifest import Manifest, load_manifest, verify_artifacts
 
 __all__ = [
-    "MAX_IMAGES_PER_REQUEST",
     "BadInputError",
     "Model",
     "PredictRequest",
@@ -48,7 +48,7 @@ __all__ = [
 
 log = logging.getLogger("imgcls.peers")
 
-MAX_IMAGES_PER_REQUEST = 64  # imgcls's default max_images_per_request
+MAX_IMAGES_PER_REQUEST = Settings.model_fields["max_images_per_request"].default  # imgcls's own limit
 
 
 class Instance(BaseModel):
@@ -111,14 +111,10 @@ def resolve_bundle(model_repo: Path | None, model: str | None, bundle: Path | No
     if model_repo is None or model is None:
         raise ImgclsError("give --model-repo DIR --model NAME, or --bundle DIR/NAME/VERSION")
     folder = Path(model_repo) / model
-    versions = (
-        sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-        if folder.is_dir()
-        else []
-    )
-    if not versions:
+    latest = next_version(folder) - 1
+    if latest < 1:
         raise ImgclsError(f"{folder}: no version folders (1, 2, ...); export a bundle there first")
-    return folder / str(versions[-1])
+    return folder / str(latest)
 
 
 def load_model(
@@ -132,9 +128,7 @@ def load_model(
         manifest = load_manifest(bundle_dir)
         verify_artifacts(bundle_dir, manifest)
     runtime = choose_runtime(manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads)
-    shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    for size in doubling_batch_sizes(max_batch_size):
-        runtime.infer(np.zeros((size, *shape), dtype=np.float32))
+    warm_up(runtime, manifest.input.shape, max_batch_size)
     log.info("%s v%d on %s", manifest.name, manifest.version, runtime.describe())
     return Model(manifest, Preprocessor(manifest.preprocess), runtime)
 

@@ -11,8 +11,9 @@ import pytest
 from benchmarks.batching import BatchingSetting, mean_batch_size, parse_settings
 from benchmarks.http1 import Connection, Target, encode_request
 from benchmarks.images import parse_size, synthetic_jpegs
-from benchmarks.runtimes import Timing, doubling
+from benchmarks.runtimes import Timing
 from benchmarks.stats import percentile, poisson_arrivals
+from service.batcher import doubling_batch_sizes
 
 
 def test_percentile_is_nearest_rank_and_always_an_observed_value():
@@ -46,9 +47,9 @@ def test_timing_summarises_seconds_in_milliseconds():
 
 
 def test_doubling_batch_sizes_end_at_the_limit():
-    assert doubling(64) == [1, 2, 4, 8, 16, 32, 64]
-    assert doubling(24) == [1, 2, 4, 8, 16, 24]
-    assert doubling(1) == [1]
+    assert doubling_batch_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert doubling_batch_sizes(24) == [1, 2, 4, 8, 16, 24]
+    assert doubling_batch_sizes(1) == [1]
 
 
 def test_batching_settings_parse_with_and_without_a_delay():
