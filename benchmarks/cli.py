@@ -57,13 +57,6 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
-def _result_folder(out: Path, name: str) -> Path:
-    import platform
-    from datetime import date
-
-    return out / f"{date.today().isoformat()}-{platform.node()}-{name}"
-
-
 @bench_app.command("load")
 def bench_load(
     url: Annotated[
@@ -89,7 +82,7 @@ def bench_load(
     from datetime import date
 
     from benchmarks.load import PROTOCOLS, build_payloads, run, run_closed_loop, run_open_loop, write_report
-    from benchmarks.machine import machine
+    from benchmarks.machine import machine, result_folder
 
     if protocol not in PROTOCOLS:
         raise click.BadParameter(f"{protocol!r}; valid: {', '.join(PROTOCOLS)}", param_hint="--protocol")
@@ -102,8 +95,8 @@ def bench_load(
     else:
         for clients in steps:
             results.append(run(run_closed_loop(url, payloads, clients, warmup, duration)))
-    for result in results:
-        summary = result.summary()
+    summaries = [result.summary() for result in results]
+    for summary in summaries:
         typer.echo(
             f"{summary['mode']:>16}  {summary['requests_per_s']:>8} req/s  {summary['images_per_s']:>8} img/s  "
             f"p50 {summary['p50_ms']} ms  p99 {summary['p99_ms']} ms  errors {sum(summary['errors'].values())}  "
@@ -120,7 +113,7 @@ def bench_load(
         "warmup_s": warmup,
         "duration_s": duration,
     }
-    folder = write_report(results, meta, _result_folder(out, name))
+    folder = write_report(summaries, meta, result_folder(out, name))
     typer.echo(f"wrote {folder}")
 
 
@@ -145,7 +138,7 @@ def bench_runtimes_command(
     in-process ceiling (decode + preprocess + inference with all cores) the service is measured against."""
     from datetime import date
 
-    from benchmarks.machine import machine
+    from benchmarks.machine import machine, result_folder
     from benchmarks.runtimes import bench_runtimes, write_runtimes_report
     from trainer.manifest import load_manifest
 
@@ -163,7 +156,7 @@ def bench_runtimes_command(
     )
     document = {"date": date.today().isoformat(), "machine": machine(), "images": described, **document}
     folder = write_runtimes_report(
-        document, _result_folder(out, name or f"runtimes-{document['model']}-{document['device']}")
+        document, result_folder(out, name or f"runtimes-{document['model']}-{document['device']}")
     )
     best = document["ceiling"]
     typer.echo(
@@ -222,7 +215,7 @@ def bench_batching(
     from datetime import date
 
     from benchmarks.batching import parse_settings, run_setting
-    from benchmarks.machine import machine
+    from benchmarks.machine import machine, result_folder
     from benchmarks.report import LOAD_COLUMNS, machine_line, write_table_report
 
     try:
@@ -254,7 +247,7 @@ def bench_batching(
         "rows": rows,
     }
     folder = write_table_report(
-        _result_folder(out, name or f"batching-{model}"),
+        result_folder(out, name or f"batching-{model}"),
         document,
         title=f"Dynamic batching: {model}, {concurrency} closed-loop clients over {protocol}",
         intro=[
@@ -297,7 +290,7 @@ def bench_compare(
     from datetime import date
 
     from benchmarks.compare import run_server, specs
-    from benchmarks.machine import machine
+    from benchmarks.machine import machine, result_folder
     from benchmarks.report import LOAD_COLUMNS, machine_line, write_table_report
     from service.settings import Settings
 
@@ -371,7 +364,7 @@ def bench_compare(
             f"and inferred in-process: p50 {reference['single_image_latency_ms']['p50']} ms."
         )
     folder = write_table_report(
-        _result_folder(out, name or f"compare-{model}"),
+        result_folder(out, name or f"compare-{model}"),
         document,
         title=f"imgcls and peers: {model} ({document['images']})",
         intro=intro,

@@ -31,6 +31,7 @@ __all__ = [
     "run",
     "run_closed_loop",
     "run_open_loop",
+    "write_report",
 ]
 
 PROTOCOLS = ("v1", "v1-multipart", "v2", "v2-binary")
@@ -288,10 +289,9 @@ def run(coroutine):
         return runner.run(coroutine)
 
 
-def write_report(results: list[RunResult], meta: dict, folder: Path) -> Path:
-    """results.json, results.md and latency-vs-throughput.png in ``folder``."""
+def write_report(summaries: list[dict], meta: dict, folder: Path) -> Path:
+    """results.json, results.md and latency-vs-throughput.png in ``folder`` (``RunResult.summary()`` each)."""
     folder.mkdir(parents=True, exist_ok=True)
-    summaries = [r.summary() for r in results]
     (folder / "results.json").write_text(json.dumps({**meta, "runs": summaries}, indent=1) + "\n")
     lines = [
         f"# Load: {meta['protocol']} against {meta['url']} ({meta['model']}), {meta['images_per_request']} image(s) per request",

@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["machine"]
+__all__ = ["machine", "result_folder"]
 
 
 def machine() -> dict:
@@ -29,3 +29,10 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def result_folder(out: Path, name: str) -> Path:
+    """``out/<date>-<host>-<name>``: where one benchmark run's files go."""
+    from datetime import date
+
+    return Path(out) / f"{date.today().isoformat()}-{platform.node()}-{name}"

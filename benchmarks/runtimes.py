@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import machine_line, saved_figure
 from benchmarks.stats import percentile
 from service.batcher import doubling_batch_sizes
 from service.preprocess import Preprocessor, init_decode_thread
@@ -446,14 +447,12 @@ def write_runtimes_report(document: dict, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(document, indent=1) + "\n")
-    m = document["machine"]
     best = document["ceiling"]
     lines = [
         f"# Runtimes: {document['model']} ({document['architecture']}, input {'x'.join(map(str, document['input']))}) "
         f"on {document['device']}, in-process",
         "",
-        f"{m['cpu']}, {m['cores']} cores{', ' + m['cuda'] if m.get('cuda') else ''}, torch {m['torch']}, "
-        f"{document['date']}. Images: {document['images']} (mean {document['image_bytes_mean']:,} bytes).",
+        f"{machine_line(document)}. Images: {document['images']} (mean {document['image_bytes_mean']:,} bytes).",
         "",
         f"**In-process ceiling: {best['images_per_s']:,} images/s** ({best['runtime']} with "
         f"{best['intra_op_threads'] or 'its default'} thread(s), {best['decode_threads']} decode thread(s), batches "
@@ -490,8 +489,6 @@ def write_runtimes_report(document: dict, folder: Path) -> Path:
         "",
     ]
     (folder / "results.md").write_text("\n".join(lines))
-
-    from benchmarks.report import saved_figure
 
     with saved_figure(folder / "images-per-s-by-batch.png") as (_, ax):
         for name in dict.fromkeys(r["runtime"] for r in document["runtimes"]):

@@ -14,10 +14,7 @@ import argparse
 import asyncio
 import base64
 import json
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -25,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.machine import machine
+from benchmarks.machine import machine, result_folder
 from benchmarks.report import saved_figure
+from benchmarks.servers import free_port, imgcls_server, running
 from benchmarks.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +99,8 @@ def main() -> int:
     if args.minutes > 30:
         parser.error("--minutes is capped at 30: this is a bounded soak, not a service")
 
-    files = sorted(args.data.rglob("*.png"))[:: max(1, len(sorted(args.data.rglob("*.png"))) // 64)][:64]
+    found = sorted(args.data.rglob("*.png"))
+    files = found[:: max(1, len(found) // 64)][:64]
     if not files:
         parser.error(f"no images under {args.data}; run `make demo` first")
     images = [base64.b64encode(f.read_bytes()).decode() for f in files]
@@ -110,35 +109,17 @@ def main() -> int:
         for i in range(len(images))
     ]  # encoded once, up front: the client must not be the bottleneck
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "serve",
-            "--model-repo",
-            str(args.model_repo),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
+    probe = (
+        f"/v1/models/{args.model}:predict",
+        json.dumps(bodies[0]).encode(),
+        {"content-type": "application/json"},
     )
-    try:
-        from service.client import wait_until_ready
-
-        wait_until_ready(url)
+    with running(imgcls_server(args.model_repo, port), url, *probe) as server:
         windows = asyncio.run(
             drive(url, args.model, bodies, args.minutes * 60, args.concurrency, args.window_s, server.pid)
         )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
 
     steady = windows[1:] or windows  # the first window includes warm-up allocations
     rss = [w["rss_mib"] for w in steady]
@@ -161,7 +142,7 @@ def main() -> int:
         "summary": summary,
         "windows": windows,
     }
-    folder = args.out / f"{date.today().isoformat()}-{info['host']}-soak"
+    folder = result_folder(args.out, "soak")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 

@@ -19,7 +19,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from benchmarks.machine import machine
+from benchmarks.machine import machine, result_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def main() -> int:
         "summary": summary,
         "runs": runs,
     }
-    folder = args.out / f"{date.today().isoformat()}-{info['host']}-{args.name}"
+    folder = result_folder(args.out, args.name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [

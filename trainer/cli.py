@@ -167,7 +167,7 @@ def export(
 
     Example: imgcls export --random-init --model mobilenet_v3_small --num-classes 1000 --image-size 224 --out models/mobilenet_v3_small/1
     """
-    from trainer.export import export_bundle, export_random_init
+    from trainer.export import export_bundle, export_random_init, split_bundle_path
 
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None
     if random_init:
@@ -187,14 +187,7 @@ def export(
     else:
         if run_dir is None:
             raise click.UsageError("give --run RUN_DIR, or --random-init --model NAME for a speed bundle")
-        out_dir = name = version = None
-        if out is not None:
-            if not out.name.isdigit() or int(out.name) < 1:
-                raise click.BadParameter(
-                    f"{out}: the last folder must be the version number, e.g. models/digits/1",
-                    param_hint="--out",
-                )
-            out_dir, name, version = out.parent.parent, out.parent.name, int(out.name)
+        out_dir, name, version = split_bundle_path(out) if out is not None else (None, None, None)
         result = export_bundle(
             run_dir, out_dir=out_dir, name=name, version=version, formats=chosen, force=force
         )

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 import trainer
-from trainer.config import RunConfig, config_digest
+from trainer.config import RunConfig, config_digest, load_config
 from trainer.errors import ConfigError, ExportError
 from trainer.manifest import (
     MANIFEST_FILENAME,
@@ -195,14 +194,21 @@ def _check_formats(formats: tuple[str, ...]) -> None:
         raise ExportError(f"unknown export format(s) {unknown}; valid: {', '.join(_EXPORTERS)}")
 
 
-def _final_dir(model_dir: Path, version: int | None, force: bool) -> tuple[Path, int]:
-    version = version or next_version(model_dir)
-    final_dir = model_dir / str(version)
+def split_bundle_path(out: Path) -> tuple[Path, str, int]:
+    """``models/NAME/VERSION`` -> (the model repository, NAME, VERSION); ConfigError if it is not one."""
+    out = Path(out)
+    if not out.name.isdigit() or int(out.name) < 1:
+        raise ConfigError(f"{out}: the last folder must be the version number, e.g. models/digits/1")
+    return out.parent.parent, out.parent.name, int(out.name)
+
+
+def _final_dir(model_dir: Path, version: int | None, force: bool) -> Path:
+    final_dir = model_dir / str(version or next_version(model_dir))
     if final_dir.exists() and not force:
         raise ExportError(
             f"{final_dir}: already exists; pick another --version, omit it for the next free one, or pass --force"
         )
-    return final_dir, version
+    return final_dir
 
 
 def _write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, config: RunConfig) -> None:
@@ -329,7 +335,7 @@ def export_bundle(
     _check_name(name)
     formats = tuple(formats or config.export.formats)
     _check_formats(formats)
-    final_dir, version = _final_dir(out_dir / name, version, force)
+    final_dir = _final_dir(out_dir / name, version, force)
     try:
         metrics = json.loads(run.metrics_json.read_text(encoding="utf-8"))["test"]
     except (OSError, ValueError, KeyError):
@@ -371,24 +377,21 @@ def export_random_init(
     """
     if num_classes < 2:
         raise ConfigError(f"--num-classes {num_classes}: a classifier needs at least 2 classes")
-    out = Path(out)
-    if not out.name.isdigit() or int(out.name) < 1:
-        raise ConfigError(f"{out}: the last folder must be the version number, e.g. models/{model_name}/1")
-    _check_name(out.parent.name)
-    try:
-        config = RunConfig.model_validate(
-            {
-                "model": {"name": model_name},
-                "preprocess": {"image_size": image_size, "color_mode": color_mode},
-                "export": {"name": out.parent.name, "out_dir": str(out.parent.parent)},
-            }
-        )
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid random-init bundle settings: {problems}") from None
+    out_dir, name, version = split_bundle_path(out)
+    _check_name(name)
+    config = load_config(
+        None,
+        values={
+            "model.name": model_name,
+            "preprocess.image_size": image_size,
+            "preprocess.color_mode": color_mode,
+            "export.name": name,
+            "export.out_dir": out_dir,
+        },
+    )
     formats = tuple(formats or config.export.formats)
     _check_formats(formats)
-    final_dir, _ = _final_dir(out.parent, int(out.name), force)
+    final_dir = _final_dir(out_dir / name, version, force)
     spec = preprocess_spec(config.preprocess)
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes, in_chans=spec.channels, image_size=image_size).model.eval()
