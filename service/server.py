@@ -15,7 +15,9 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["DrainingServer"]
+from service.settings import Settings
+
+__all__ = ["DrainingServer", "serve"]
 
 log = logging.getLogger("imgcls.server")
 
@@ -57,3 +59,22 @@ class DrainingServer(uvicorn.Server):
         else:
             log.warning("grace period of %.0f s passed with requests still in flight; stopping", self.grace_s)
         self.should_exit = True
+
+
+def serve(settings: Settings) -> None:
+    """Run the service until SIGTERM/SIGINT: logging configured, one process, graceful shutdown."""
+    from service.app import create_app
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    application = create_app(settings)
+    config = uvicorn.Config(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the handlers configure_logging installed
+        access_log=False,
+        workers=1,  # each process would load every model and batch only its own requests (see README)
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+    )
+    DrainingServer(config, application, settings.shutdown_grace_s, settings.shutdown_min_drain_s).run()

@@ -220,10 +220,8 @@ def serve(
     Every setting can also come from the environment: IMGCLS_MODEL_REPO, IMGCLS_PORT,
     IMGCLS_BATCHING__MAX_BATCH_SIZE, IMGCLS_MODELS='{"digits": {"max_batch_size": 16}}', ...
     """
-    import uvicorn
     from pydantic import ValidationError
 
-    from service.app import create_app
     from service.settings import Settings
     from trainer.errors import ConfigError
 
@@ -244,23 +242,9 @@ def serve(
             for err in exc.errors()
         )
         raise ConfigError(f"invalid service settings: {problems}") from None
-    from service.logs import configure_logging
+    from service.server import serve as run_server
 
-    configure_logging(settings.log_level, settings.log_format)
-    # One worker process: each process would load every model and its own batcher (see README).
-    from service.server import DrainingServer
-
-    application = create_app(settings)
-    config = uvicorn.Config(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the handlers configure_logging installed
-        access_log=False,
-        workers=1,
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
-    )
-    DrainingServer(config, application, settings.shutdown_grace_s, settings.shutdown_min_drain_s).run()
+    run_server(settings)
 
 
 @app.command()
