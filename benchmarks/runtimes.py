@@ -135,14 +135,16 @@ def available_runtimes(
     if manifest.architecture:
         attempt("eager", lambda: EagerRuntime(manifest, device=device))
     for name, fmt, what in (("torchscript", "torchscript", "TorchScript"), ("onnxruntime", "onnx", "ONNX")):
-        artifact = manifest.artifact(fmt)
-        if artifact is None:
+        if manifest.artifact(fmt, "fp32") is None:
             skipped[name] = f"the bundle has no {what} artifact"
-        else:
-            attempt(name, served(name, artifact))
+    runtime_of = {"torchscript": "torchscript", "onnx": "onnxruntime", "torchscript_tensorrt": "tensorrt"}
     for artifact in manifest.artifacts:
-        if artifact.format == "torchscript_tensorrt":
-            attempt(f"tensorrt-{artifact.precision}", served("tensorrt", artifact))
+        name = runtime_of[artifact.format]
+        # One row per artifact: onnxruntime-int8 beside onnxruntime, tensorrt-fp16, tensorrt-int8...
+        label = (
+            name if name != "tensorrt" and artifact.precision == "fp32" else f"{name}-{artifact.precision}"
+        )
+        attempt(label, served(name, artifact))
     return runtimes, skipped
 
 
@@ -155,6 +157,9 @@ def runtime_timings(
     for batch_size in batch_sizes:
         batch = rng.standard_normal((batch_size, *shape)).astype(np.float32)
         for name, runtime in runtimes.items():
+            limit = getattr(runtime, "max_batch_size", None)
+            if limit is not None and batch_size > limit:
+                continue  # a TensorRT engine rejects batches above its max shape
             timing = time_calls(lambda runtime=runtime, batch=batch: runtime.infer(batch), seconds)
             rows.append(
                 {
@@ -251,6 +256,7 @@ def in_process_ceiling(
     """The service's pipeline shape with no HTTP: ``decode_threads`` threads decode and preprocess as
     fast as they can into a bounded queue; one inference thread takes what is queued (up to
     ``batch_size``, never waiting for more) and runs it. Images/s counted after a warm-up second."""
+    batch_size = min(batch_size, getattr(runtime, "max_batch_size", None) or batch_size)  # engine's max shape
     ready: queue.Queue[np.ndarray] = queue.Queue(maxsize=4 * batch_size)
     stop = threading.Event()
     counter = itertools.count()

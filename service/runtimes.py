@@ -1,9 +1,11 @@
 """Runtimes: one small interface, a batch of preprocessed images in, class probabilities out.
 
-``choose_runtime`` picks one from the device and the artifacts a bundle holds: ONNX Runtime on
-the CPU (the fastest there for these models), TorchScript in FP16 on CUDA, Torch-TensorRT when its
-artifact exists and ``torch_tensorrt`` imports. A runtime that cannot run here says why, and the
-next one is tried.
+``choose_runtime`` picks one from the device and the artifacts a bundle holds: on the CPU, ONNX
+Runtime (the fastest there for these models), its INT8 model first when the bundle has one that
+passed parity; on CUDA, Torch-TensorRT when an engine exists, was built for this GPU and TensorRT,
+and ``torch_tensorrt`` imports, then TorchScript in FP16. A runtime that cannot run here says why,
+and the next one is tried. Artifacts that failed parity (random-init speed bundles) are used only
+when the runtime is pinned.
 
 Runtimes are not thread-safe by contract: each model version calls its runtime from one
 dedicated executor thread (see ``service.worker``).
@@ -21,7 +23,7 @@ import numpy as np
 
 from service.errors import RuntimeUnavailableError
 from service.settings import usable_cores
-from trainer.manifest import Artifact, Manifest
+from trainer.manifest import Artifact, EngineInfo, Manifest
 
 __all__ = [
     "OnnxRuntime",
@@ -52,6 +54,7 @@ class Runtime(ABC):
     name: RuntimeName
     device: str
     precision: str
+    max_batch_size: int | None = None  # the largest batch it accepts (a TensorRT engine's max shape)
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
@@ -66,7 +69,14 @@ class Runtime(ABC):
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, device: str = "cpu", intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        intra_op_threads: int | None = None,
+        precision: str = "fp32",
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -84,7 +94,7 @@ class OnnxRuntime(Runtime):
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self._input = self._session.get_inputs()[0].name
         self.device = device
-        self.precision = "fp32"
+        self.precision = precision  # int8: a QDQ model, still float32 in and out
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         logits = self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
@@ -133,24 +143,47 @@ class TorchScriptRuntime(Runtime):
 
 
 class TensorRTRuntime(TorchScriptRuntime):
-    """A Torch-TensorRT engine saved as TorchScript; needs ``torch_tensorrt`` and CUDA."""
+    """A Torch-TensorRT engine saved as TorchScript; needs ``torch_tensorrt`` and CUDA.
+
+    The engine is refused, before it is deserialised, when the manifest says it was built for
+    another GPU architecture, TensorRT version or Torch-TensorRT ABI (``trainer.tensorrt``).
+    """
 
     name = "tensorrt"
 
-    def __init__(self, path: Path, *, precision: str) -> None:
+    def __init__(self, path: Path, *, precision: str, engine: EngineInfo | None) -> None:
         import torch
+
+        from trainer.tensorrt import engine_mismatch, platform_info
 
         if not torch.cuda.is_available():
             raise RuntimeUnavailableError("TensorRT engines need a CUDA GPU and none is available")
+        if engine is None:
+            raise RuntimeUnavailableError("the manifest records no engine build info; re-export the engine")
+        # platform_info imports torch_tensorrt, which registers the engine class TorchScript needs.
         try:
-            import torch_tensorrt  # noqa: F401  (registers the engine class TorchScript needs)
+            here = platform_info()
         except ImportError as exc:
             raise RuntimeUnavailableError(
-                f"torch_tensorrt does not import ({exc}); install it where TensorRT is available "
-                "(an NGC PyTorch image) to use TensorRT artifacts"
+                f"{exc}; install it where TensorRT is available (an NGC PyTorch image) to use TensorRT artifacts"
             ) from None
-        super().__init__(path, device="cuda", half=precision == "fp16")
+        except Exception as exc:  # a torch_tensorrt without its C++ runtime, a CUDA error...
+            raise RuntimeUnavailableError(f"cannot read the TensorRT platform: {_first_line(exc)}") from None
+        mismatch = engine_mismatch(engine, here)
+        if mismatch:
+            raise RuntimeUnavailableError(
+                f"engine {path.name} {mismatch}; rebuild it here with imgcls export"
+            )
+        try:
+            super().__init__(path, device="cuda", half=precision == "fp16")
+        except Exception as exc:  # a corrupt or foreign engine: the next runtime serves instead
+            raise RuntimeUnavailableError(f"engine {path.name} does not load: {_first_line(exc)}") from None
         self.precision = precision
+        self.max_batch_size = engine.max_batch_size
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def warm_up(runtime: Runtime, image_shape: tuple[int, int, int], max_batch_size: int) -> None:
@@ -174,13 +207,43 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _candidates(manifest: Manifest, device: str) -> list[tuple[RuntimeName, Artifact | None]]:
-    tensorrt = manifest.artifact("torchscript_tensorrt")
-    onnx = manifest.artifact("onnx")
-    torchscript = manifest.artifact("torchscript")
-    if device == "cuda":
-        return [("tensorrt", tensorrt), ("torchscript", torchscript), ("onnxruntime", onnx)]
-    return [("onnxruntime", onnx), ("torchscript", torchscript)]
+_PRECISION_ORDER = ("int8", "fp8", "fp16", "bf16", "fp32")  # fastest first
+
+
+def _ranked(artifacts: list[Artifact]) -> list[Artifact]:
+    """Those that passed parity first, then the faster precision first."""
+    return sorted(artifacts, key=lambda a: (not a.parity.passed, _PRECISION_ORDER.index(a.precision)))
+
+
+def _candidates(
+    manifest: Manifest, device: str, preference: RuntimeName | Literal["auto", "onnxruntime-int8"]
+) -> list[tuple[RuntimeName, Artifact | None]]:
+    """(runtime, artifact) pairs in the order to try; artifact None: the bundle has none for it.
+
+    Automatic choice uses only artifacts that passed parity; a pinned runtime falls back to one that
+    failed (random-init speed bundles), after any that passed.
+    """
+    onnx = manifest.artifact("onnx", "fp32")
+    torchscript = manifest.artifact("torchscript", "fp32")
+    engines = _ranked([a for a in manifest.artifacts if a.format == "torchscript_tensorrt"])
+    onnx_int8 = _ranked([a for a in manifest.artifacts if a.format == "onnx" and a.precision == "int8"])
+    if preference == "auto":
+        if device == "cuda":
+            passed = [a for a in engines if a.parity.passed]
+            return [
+                *(("tensorrt", a) for a in passed or [None]),
+                ("torchscript", torchscript),
+                ("onnxruntime", onnx),
+            ]
+        passed = [a for a in onnx_int8 if a.parity.passed]
+        return [*(("onnxruntime", a) for a in passed), ("onnxruntime", onnx), ("torchscript", torchscript)]
+    if preference == "tensorrt":
+        return [("tensorrt", a) for a in engines or [None]]
+    if preference == "onnxruntime-int8":
+        return [("onnxruntime", a) for a in onnx_int8 or [None]]
+    if preference == "onnxruntime":
+        return [("onnxruntime", onnx)]
+    return [("torchscript", torchscript)]
 
 
 def build_runtime(
@@ -189,39 +252,46 @@ def build_runtime(
     """Load ``artifact`` with the runtime ``name``, configured as the service serves it."""
     path = Path(bundle_dir) / artifact.path
     if name == "onnxruntime":
-        return OnnxRuntime(path, device=device, intra_op_threads=threads)
+        return OnnxRuntime(path, device=device, intra_op_threads=threads, precision=artifact.precision)
     if name == "torchscript":
         return TorchScriptRuntime(path, device=device, half=device == "cuda", intra_op_threads=threads)
-    return TensorRTRuntime(path, precision=artifact.precision)
+    return TensorRTRuntime(path, precision=artifact.precision, engine=artifact.engine)
 
 
 def choose_runtime(
     manifest: Manifest,
     bundle_dir: Path,
     *,
-    preference: RuntimeName | Literal["auto"] = "auto",
+    preference: RuntimeName | Literal["auto", "onnxruntime-int8"] = "auto",
     device: str = "auto",
     intra_op_threads: int | None = None,
 ) -> Runtime:
     """The runtime to serve this bundle with; raises :class:`RuntimeUnavailableError` listing why none fits."""
     device = resolve_device(device)
-    candidates = _candidates(manifest, device)
-    if preference != "auto":
-        candidates = [c for c in candidates if c[0] == preference] or [(preference, None)]
     reasons: list[str] = []
-    for name, artifact in candidates:
+    for name, artifact in _candidates(manifest, device, preference):
         if artifact is None:
-            reasons.append(f"{name}: the bundle has no artifact for it")
+            usable = " that passed parity" if preference == "auto" else ""
+            reasons.append(f"{name}: the bundle has no artifact for it{usable}")
             continue
+        if not artifact.parity.passed:
+            log.warning(
+                "%s v%d: serving %s, which failed its parity check (pinned runtime %s)",
+                manifest.name,
+                manifest.version,
+                artifact.path,
+                name,
+            )
         try:
             runtime = build_runtime(name, artifact, bundle_dir, device, intra_op_threads)
         except RuntimeUnavailableError as exc:
             reasons.append(f"{name}: {exc}")
-            log.info(
-                "%s v%d: %s unavailable, trying the next runtime: %s",
+            log.warning(
+                "%s v%d: %s (%s) unavailable, trying the next runtime: %s",
                 manifest.name,
                 manifest.version,
                 name,
+                artifact.path,
                 exc,
             )
             continue

@@ -7,6 +7,7 @@ Batching defaults apply to every model; ``IMGCLS_MODELS`` overrides them per mod
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,9 +15,17 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["BatchingSettings", "ModelOverrides", "ModelSettings", "Settings"]
+__all__ = [
+    "BatchingSettings",
+    "ModelOverrides",
+    "ModelSettings",
+    "Settings",
+    "cpu_quota_cores",
+    "usable_cores",
+]
 
-RuntimeChoice = Literal["auto", "onnxruntime", "torchscript", "tensorrt"]
+# onnxruntime: the FP32 ONNX model; onnxruntime-int8: the INT8 one (auto picks it on CPU when it passed parity)
+RuntimeChoice = Literal["auto", "onnxruntime", "onnxruntime-int8", "torchscript", "tensorrt"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 
@@ -71,9 +80,34 @@ class ModelSettings(BaseModel):
     warmup: bool
 
 
+def cpu_quota_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """This process's CFS CPU quota in cores (a Kubernetes ``limits.cpu``), or None when unlimited.
+
+    cgroup v2 (``cpu.max``: "max 100000" or "200000 100000"), then v1 (``cpu/cpu.cfs_quota_us``,
+    -1 when unlimited). Inside a container both paths are the container's own cgroup.
+    """
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use: its CPU set, capped by its cgroup's CPU quota.
+
+    A pod limited to 2 CPUs on a 64-core node sees all 64 in its CPU set; sizing thread pools from
+    that would run 64 threads into 2 cores' worth of CFS time and throttle every request.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota_cores()
+    return cores if quota is None else max(1, min(cores, math.floor(quota)))
 
 
 def default_decode_threads() -> int:

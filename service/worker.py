@@ -76,6 +76,26 @@ class ModelWorker:
             device=self.settings.device,
             intra_op_threads=self.settings.intra_op_threads,
         )
+        limit = getattr(runtime, "max_batch_size", None)  # runtimes are duck-typed (tests use fakes)
+        if limit is not None and self.settings.batching.max_batch_size > limit:
+            # A TensorRT engine fails on a batch above its max shape, so the batcher must never form one.
+            log.warning(
+                "%s v%d: max_batch_size %d lowered to %d, the largest batch %s accepts",
+                self.name,
+                self.version,
+                self.settings.batching.max_batch_size,
+                limit,
+                runtime.describe(),
+            )
+            batching = self.settings.batching.model_copy(
+                update={
+                    "max_batch_size": limit,
+                    "preferred_batch_sizes": tuple(
+                        s for s in self.settings.batching.preferred_batch_sizes if s <= limit
+                    ),
+                }
+            )
+            self.settings = self.settings.model_copy(update={"batching": batching})
         if self.settings.warmup:
             warm_up(runtime, manifest.input.shape, self.settings.batching.max_batch_size)
         return runtime

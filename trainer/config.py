@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+ExportFormat = Literal["torchscript", "onnx", "onnx-int8", "tensorrt"]
 
 
 class _Section(BaseModel):
@@ -148,10 +149,43 @@ class ExportConfig(_Section):
     name: str | None = None  # None: the data folder's name
     version: int | None = Field(default=None, ge=1)  # None: one above the highest existing version
     out_dir: Path = Path("models")  # the model repository: bundles go to out_dir/name/version
-    formats: tuple[Literal["torchscript", "onnx"], ...] = ("torchscript", "onnx")
-    parity_samples: int = Field(default=64, ge=1)  # validation images compared eager vs exported
+    # onnx-int8: ONNX Runtime static INT8 for CPUs; tensorrt: a Torch-TensorRT engine (CUDA + TensorRT)
+    formats: tuple[ExportFormat, ...] = ("torchscript", "onnx")
+    parity_samples: int = Field(default=64, ge=1)  # validation images compared eager vs exported (fp32)
     parity_tolerance: float = Field(default=1e-4, gt=0.0)  # max |softmax difference| allowed (fp32)
+    # FP16 and INT8 artifacts pass on top-1 agreement, so they are checked on more validation images
+    reduced_precision_parity_samples: int = Field(default=512, ge=1)
     onnx_opset: int = Field(default=18, ge=17)
+    calibration_images: int = Field(default=256, ge=1)  # INT8: training images the ranges come from
+    onnx_int8_calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # per-channel weight scales: usually more accurate, but some models (MobileNetV3) lose accuracy
+    onnx_int8_per_channel: bool = True
+    tensorrt_precision: Literal["fp16", "int8", "fp8"] = (
+        "fp16"  # fp8 needs compute capability 8.9+ (Ada, Hopper)
+    )
+    # The engine's batch range: min 1, tuned for opt, allocated for max. Keep max equal to the
+    # service's max_batch_size (it caps batches at the engine's max either way).
+    tensorrt_max_batch_size: int = Field(default=32, ge=2, le=4096)
+    tensorrt_opt_batch_size: int | None = Field(default=None, ge=2)  # None: half of max (at least 2)
+    tensorrt_hardware_compatible: bool = False  # True: one engine for every Ampere-or-newer GPU (slower)
+
+    @model_validator(mode="after")
+    def _opt_within_max(self) -> ExportConfig:
+        if (
+            self.tensorrt_opt_batch_size is not None
+            and self.tensorrt_opt_batch_size > self.tensorrt_max_batch_size
+        ):
+            raise ValueError(
+                f"tensorrt_opt_batch_size ({self.tensorrt_opt_batch_size}) must not exceed "
+                f"tensorrt_max_batch_size ({self.tensorrt_max_batch_size})"
+            )
+        return self
+
+    @property
+    def tensorrt_batch_range(self) -> tuple[int, int, int]:
+        """(min, opt, max) over the batch axis; opt >= 2 avoids a torch.export specialisation bug."""
+        maximum = self.tensorrt_max_batch_size
+        return 1, self.tensorrt_opt_batch_size or max(2, maximum // 2), maximum
 
 
 class RunConfig(_Section):

@@ -27,9 +27,12 @@ __all__ = [
     "MODEL_NAME_PATTERN",
     "SCHEMA_VERSION",
     "Artifact",
+    "Calibration",
+    "EngineInfo",
     "InputSpec",
     "Manifest",
     "ParityResult",
+    "Precision",
     "PreprocessSpec",
     "SourceInfo",
     "load_manifest",
@@ -43,7 +46,7 @@ MANIFEST_FILENAME = "manifest.json"
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 ColorMode = Literal["RGB", "L"]
 ArtifactFormat = Literal["torchscript", "onnx", "torchscript_tensorrt"]
-Precision = Literal["fp32", "fp16", "bf16", "int8"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -107,13 +110,61 @@ class InputSpec(_Strict):
 
 
 class ParityResult(_Strict):
-    """How an exported artifact compares with the eager model on validation images."""
+    """How an exported artifact compares with the eager model on validation images.
+
+    FP32 artifacts must match numerically (``max_abs_diff <= tolerance``). Reduced-precision ones
+    (FP16, INT8) cannot, so they pass on ``top1_agreement >= min_top1_agreement`` instead, and the
+    accuracy of both models on the same labelled images is recorded beside it.
+    """
 
     samples: Annotated[int, Field(ge=1)]
     top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)]
     max_abs_diff: Annotated[float, Field(ge=0.0)]  # largest |softmax(eager) - softmax(artifact)|
     tolerance: Annotated[float, Field(gt=0.0)]
+    # Set for reduced precision: the top-1 agreement needed to pass.
+    min_top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    reference_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # eager model, same images
+    accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # None: the images had no labels
     passed: bool
+
+    @property
+    def accuracy_change(self) -> float | None:
+        if self.accuracy is None or self.reference_accuracy is None:
+            return None
+        return self.accuracy - self.reference_accuracy
+
+
+class Calibration(_Strict):
+    """The data a quantised artifact's ranges were calibrated on."""
+
+    images: Annotated[int, Field(ge=1)]
+    source: Literal["train", "random"]  # the training split through the eval transform, or seeded noise
+    method: str  # e.g. "onnxruntime minmax", "modelopt int8_default"
+
+
+class EngineInfo(_Strict):
+    """What a TensorRT engine was built for; a service elsewhere refuses it rather than crash."""
+
+    gpu_name: str
+    compute_capability: Annotated[str, Field(pattern=r"^\d+\.\d+$")]  # e.g. "9.0"
+    cuda_version: str
+    tensorrt_version: str
+    torch_tensorrt_version: str
+    abi_version: str  # the Torch-TensorRT runtime ABI the serialized engine needs
+    hardware_compatible: bool = False  # built to run on any Ampere-or-newer GPU
+    version_compatible: bool = False  # built to run on later TensorRT versions
+    min_batch_size: Annotated[int, Field(ge=1)]
+    opt_batch_size: Annotated[int, Field(ge=1)]
+    max_batch_size: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered_batch_sizes(self) -> EngineInfo:
+        if not self.min_batch_size <= self.opt_batch_size <= self.max_batch_size:
+            raise ValueError(
+                f"engine batch sizes must satisfy min <= opt <= max, got "
+                f"{self.min_batch_size}/{self.opt_batch_size}/{self.max_batch_size}"
+            )
+        return self
 
 
 class Artifact(_Strict):
@@ -127,6 +178,8 @@ class Artifact(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"  # where the parity check ran (TensorRT engines are GPU-bound)
     opset: int | None = None  # ONNX only
     parity: ParityResult
+    calibration: Calibration | None = None  # INT8 artifacts
+    engine: EngineInfo | None = None  # TensorRT artifacts
 
     @field_validator("path")
     @classmethod
@@ -134,6 +187,15 @@ class Artifact(_Strict):
         if not value or "/" in value or "\\" in value or value in {".", ".."} or value.startswith("."):
             raise ValueError(f"artifact path must be a plain file name inside the bundle, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Artifact:
+        if self.precision == "int8" and self.calibration is None:
+            raise ValueError(f"{self.path}: an int8 artifact must record its calibration")
+        # A TensorRT artifact without it still loads (the service refuses that engine and falls back).
+        if self.engine is not None and self.format != "torchscript_tensorrt":
+            raise ValueError(f"{self.path}: engine build info belongs to TensorRT artifacts only")
+        return self
 
 
 class SourceInfo(_Strict):
@@ -217,7 +279,8 @@ class Manifest(_Strict):
         return None
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        # Unset optional fields are left out, so an FP32 bundle reads in services that predate them.
+        return self.model_dump_json(indent=2, exclude_none=True) + "\n"
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

@@ -162,7 +162,7 @@ def test_random_init_export_writes_a_complete_servable_bundle(tmp_path: Path, ca
         str(out),
     )
     assert code == 0, err
-    assert "model.onnx: parity on 16 images: top-1 agreement 1.0000" in stdout
+    assert "model.onnx (fp32): parity on 16 images: top-1 agreement 1.0000" in stdout
     from trainer.manifest import load_manifest, verify_artifacts
 
     manifest = load_manifest(out)
@@ -233,7 +233,7 @@ def test_train_then_export_end_to_end(tmp_path: Path, capsys, make_imagefolder):
         "onnx",
     )
     assert code == 0, err
-    assert "model.onnx: parity on" in out
+    assert "model.onnx (fp32): parity on" in out
     assert (tmp_path / "models" / "named" / "3" / "manifest.json").is_file()
 
 
@@ -260,3 +260,55 @@ def test_resume_with_a_changed_architecture_exits_2(tmp_path: Path, capsys, make
     code, _, err = _run(capsys, "train", "--resume", str(tmp_path / "runs" / "r"), "--model", "resnet18")
     assert code == 2
     assert "cannot change model.name when resuming" in _error_line(err)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_export_without_tensorrt_fails_at_once_naming_the_fix_and_writes_nothing(
+    tmp_path: Path, capsys, precision: str
+):
+    try:
+        import torch_tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torch_tensorrt is installed here")
+    out = tmp_path / "models" / "speedy" / "1"
+    code, stdout, err = _run(
+        capsys,
+        "export",
+        "--random-init",
+        "--model",
+        "simple_cnn",
+        "--num-classes",
+        "3",
+        "--image-size",
+        "16",
+        "--formats",
+        "onnx,tensorrt",
+        "--precision",
+        precision,
+        "--out",
+        str(out),
+    )
+    assert code == 1 and stdout == ""
+    line = _error_line(err)
+    assert f"--formats tensorrt ({precision}) cannot run here" in line
+    assert "torch_tensorrt does not import" in line and "pip install -e '.[tensorrt]'" in line
+    assert not (tmp_path / "models").exists()  # not even the fp32 ONNX that came first
+
+
+def test_export_options_are_validated_with_exit_2(tmp_path: Path, capsys):
+    code, _, err = _run(
+        capsys,
+        "export",
+        "--random-init",
+        "--model",
+        "simple_cnn",
+        "--formats",
+        "onnx-int8",
+        "--calib-images",
+        "0",
+        "--out",
+        str(tmp_path / "models" / "m" / "1"),
+    )
+    assert code == 2 and "calibration_images" in _error_line(err)

@@ -98,11 +98,11 @@ def test_export_picks_the_next_version_and_never_overwrites(trained):
 
 
 def test_artifact_that_disagrees_fails_the_export_and_leaves_nothing(trained, monkeypatch):
-    import trainer.export as export_module
+    import trainer.artifacts as artifacts_module
 
     result, root = trained
-    write, run_artifact = export_module._EXPORTERS["onnx"]
-    monkeypatch.setitem(export_module._EXPORTERS, "onnx", (write, lambda p, b: run_artifact(p, b) * 5.0))
+    write, run_artifact = artifacts_module._EXPORTERS["onnx"]
+    monkeypatch.setitem(artifacts_module._EXPORTERS, "onnx", (write, lambda p, b: run_artifact(p, b) * 5.0))
     out = root / "broken"
     with pytest.raises(
         ExportError, match=r"onnx artifact disagrees with the eager model.*nothing was written"

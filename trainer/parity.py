@@ -1,0 +1,59 @@
+"""Parity: does an exported artifact predict what the eager model predicts?
+
+FP32 artifacts must match the eager model numerically. FP16 and INT8 artifacts cannot, so they
+must agree on the top-1 class for at least a fixed share of validation images (99% for FP16, 98%
+for INT8), and the accuracy of both models on those labelled images is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.manifest import ParityResult, Precision
+
+__all__ = ["MIN_TOP1_AGREEMENT", "compare"]
+
+# Precision -> the top-1 agreement with the eager FP32 model an artifact needs; absent: exact (fp32).
+MIN_TOP1_AGREEMENT: dict[Precision, float] = {"fp16": 0.99, "bf16": 0.99, "int8": 0.98, "fp8": 0.98}
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def compare(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    tolerance: float,
+    precision: Precision = "fp32",
+    labels: np.ndarray | None = None,
+) -> ParityResult:
+    """Compare logits ``[N, classes]`` of the eager model (``reference``) and an artifact.
+
+    FP32: passes when every softmax value is within ``tolerance`` and no top-1 class flips unless
+    the reference was a near-tie. Reduced precision: passes on :data:`MIN_TOP1_AGREEMENT`.
+    """
+    ref = torch.softmax(torch.from_numpy(reference).double(), dim=1).numpy()
+    cand = torch.softmax(torch.from_numpy(candidate).double(), dim=1).numpy()
+    max_abs_diff = float(np.abs(ref - cand).max())
+    ref_top, cand_top = ref.argmax(axis=1), cand.argmax(axis=1)
+    agreement = float((ref_top == cand_top).mean())
+    min_agreement = MIN_TOP1_AGREEMENT.get(precision)
+    if min_agreement is None:
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        decisive_flip = bool(((ref_top != cand_top) & ((top2[:, 1] - top2[:, 0]) > 2 * tolerance)).any())
+        passed = max_abs_diff <= tolerance and not decisive_flip
+    else:
+        passed = agreement >= min_agreement
+    return ParityResult(
+        samples=len(reference),
+        top1_agreement=agreement,
+        max_abs_diff=max_abs_diff,
+        tolerance=tolerance,
+        min_top1_agreement=min_agreement,
+        reference_accuracy=_accuracy(ref, labels),
+        accuracy=_accuracy(cand, labels),
+        passed=passed,
+    )

@@ -1,0 +1,250 @@
+"""Torch-TensorRT engines: build one from the eager model, check it, and say where it can run.
+
+``torch_tensorrt`` (and ``modelopt`` for INT8/FP8) are imported only inside these functions:
+neither is installed for CPU use, and importing them needs CUDA and the TensorRT libraries. The
+route follows Torch-TensorRT 2.14's documentation (see ``../shared/notes/torch-tensorrt.md``):
+
+- the dynamo frontend with a dynamic batch axis (``Input(min_shape, opt_shape, max_shape)``);
+- FP16 by casting the model and its input to half: since 2.13 ``enabled_precisions`` is ignored
+  on this path, silently producing an FP32 engine;
+- INT8/FP8 from ModelOpt's calibrated quantize/dequantize nodes (``trainer.quantize``), compiled
+  under ModelOpt's export mode;
+- saved as TorchScript (``torch_tensorrt.save(..., output_format="torchscript")``), which the
+  service loads with ``torch.jit.load`` once ``torch_tensorrt`` is imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.errors import ExportError
+from trainer.manifest import EngineInfo
+
+__all__ = [
+    "TENSORRT_INSTALL_HINT",
+    "build_engine",
+    "engine_mismatch",
+    "load_engine",
+    "platform_info",
+    "require_tensorrt",
+    "run_engine",
+]
+
+TensorRTPrecision = Literal["fp16", "int8", "fp8"]
+
+TENSORRT_INSTALL_HINT = (
+    "build TensorRT engines inside an NGC PyTorch image (nvcr.io/nvidia/pytorch:26.09-py3 ships "
+    "torch-tensorrt 2.14 with TensorRT 11.1) with `pip install -e '.[tensorrt]'`, on the GPU model "
+    "that will serve them"
+)
+
+
+def _import_torch_tensorrt():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its import warns about optional backends it does not find
+            import torch_tensorrt
+    except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
+        raise ImportError(f"torch_tensorrt does not import ({type(exc).__name__}: {exc})") from None
+    return torch_tensorrt
+
+
+def require_tensorrt(precision: TensorRTPrecision) -> None:
+    """Fail at once, before anything is written, when this machine cannot build the engine."""
+    problems: list[str] = []
+    if not torch.cuda.is_available():
+        problems.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    try:
+        _import_torch_tensorrt()
+    except ImportError as exc:
+        problems.append(str(exc))
+    if precision in ("int8", "fp8"):
+        from trainer.quantize import import_modelopt
+
+        try:
+            import_modelopt()
+        except ImportError as exc:
+            problems.append(str(exc))
+    if not problems and precision == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        problems.append(f"FP8 needs compute capability 8.9 or newer; this GPU has {_capability()}")
+    if problems:
+        raise ExportError(
+            f"--formats tensorrt ({precision}) cannot run here: {'; '.join(problems)}. To fix: "
+            f"{TENSORRT_INSTALL_HINT}; or export the other formats without tensorrt. Nothing was written."
+        )
+
+
+def _capability() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def platform_info() -> dict[str, str]:
+    """This machine's GPU, CUDA and TensorRT, in :class:`EngineInfo`'s terms; needs torch_tensorrt."""
+    torch_tensorrt = _import_torch_tensorrt()
+    import tensorrt
+
+    return {
+        "gpu_name": torch.cuda.get_device_name(),
+        "compute_capability": _capability(),
+        "cuda_version": str(torch.version.cuda),
+        "tensorrt_version": str(tensorrt.__version__),
+        "torch_tensorrt_version": str(torch_tensorrt.__version__),
+        "abi_version": str(torch.ops.tensorrt.ABI_VERSION()),
+    }
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def engine_mismatch(engine: EngineInfo, here: dict[str, str]) -> str | None:
+    """Why an engine built as ``engine`` cannot run on the platform ``here``, or None if it can.
+
+    TensorRT deserialises an engine only with the runtime ABI it was written for, on the TensorRT
+    version that built it (later ones of the same major when built version-compatible), on GPUs of
+    the same compute capability (any Ampere or newer when built hardware-compatible).
+    """
+    if engine.abi_version != here["abi_version"]:
+        return (
+            f"built with Torch-TensorRT runtime ABI {engine.abi_version} "
+            f"(torch-tensorrt {engine.torch_tensorrt_version}), this service has ABI {here['abi_version']} "
+            f"(torch-tensorrt {here['torch_tensorrt_version']})"
+        )
+    built_trt, here_trt = engine.tensorrt_version, here["tensorrt_version"]
+    if engine.version_compatible:
+        if _major(built_trt) != _major(here_trt) or _version_tuple(here_trt) < _version_tuple(built_trt):
+            return f"built version-compatible with TensorRT {built_trt}, this service has TensorRT {here_trt}"
+    elif built_trt != here_trt:
+        return f"built with TensorRT {built_trt}, this service has TensorRT {here_trt}"
+    built_cc, here_cc = engine.compute_capability, here["compute_capability"]
+    if engine.hardware_compatible:
+        if _version_tuple(here_cc) < (8, 0):
+            return (
+                f"built hardware-compatible (Ampere or newer), this GPU is {here['gpu_name']} (sm {here_cc})"
+            )
+    elif built_cc != here_cc:
+        return (
+            f"built for {engine.gpu_name} (compute capability {built_cc}), "
+            f"this GPU is {here['gpu_name']} ({here_cc})"
+        )
+    return None
+
+
+def _example(images: torch.Tensor, size: int) -> torch.Tensor:
+    repeats = -(-size // len(images))
+    return images.repeat(repeats, 1, 1, 1)[:size]
+
+
+def _check_fully_compiled(compiled: nn.Module) -> None:
+    # A segment left to PyTorch can bake the example batch size into a reshape, so every node must
+    # be in TensorRT: the partitioner names engines _run_on_acc_* and PyTorch segments _run_on_gpu_*.
+    # With too few supported operators, compile returns the graph with no engine at all, silently.
+    names = [name for name, _ in compiled.named_children()]
+    fallback = [name for name in names if name.startswith("_run_on_gpu")]
+    if fallback or not any(name.startswith("_run_on_acc") for name in names):
+        raise ExportError(
+            f"Torch-TensorRT did not compile the whole model into one engine (PyTorch segments: "
+            f"{', '.join(fallback) or 'none'}, engines: {sum(n.startswith('_run_on_acc') for n in names)}); "
+            "it would not be safe across batch sizes. Export torchscript/onnx for this model instead"
+        )
+
+
+def build_engine(
+    model: nn.Module,
+    path: Path,
+    *,
+    precision: TensorRTPrecision,
+    image_shape: tuple[int, int, int],
+    batch_range: tuple[int, int, int],
+    example_images: torch.Tensor,
+    calibration_images: torch.Tensor | None,
+    hardware_compatible: bool = False,
+) -> EngineInfo:
+    """Compile ``model`` into a TensorRT engine saved as TorchScript at ``path``."""
+    torch_tensorrt = _import_torch_tensorrt()
+    smallest, optimal, largest = batch_range
+    device = torch.device("cuda")
+    dtype = torch.half if precision == "fp16" else torch.float32
+    module = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
+    spec = torch_tensorrt.Input(
+        min_shape=(smallest, *image_shape),
+        opt_shape=(optimal, *image_shape),
+        max_shape=(largest, *image_shape),
+        dtype=dtype,
+    )
+    options = {
+        "ir": "dynamo",
+        "arg_inputs": [spec],
+        "min_block_size": 1,
+        "require_full_compilation": True,
+        "hardware_compatible": hardware_compatible,
+        "truncate_double": True,
+    }
+    example = _example(example_images, optimal).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        if precision == "fp16":
+            compiled = torch_tensorrt.compile(module, **options)
+        else:
+            from modelopt.torch.quantization.utils import export_torch_mode
+
+            from trainer.quantize import calibrate_modelopt
+
+            if calibration_images is None:
+                raise ExportError(f"TensorRT {precision} needs calibration images")
+            module = calibrate_modelopt(module, calibration_images.to(device), precision=precision)
+            with export_torch_mode():
+                compiled = torch_tensorrt.compile(module, **options)
+        _check_fully_compiled(compiled)
+        torch_tensorrt.save(compiled, str(path), output_format="torchscript", arg_inputs=[example])
+    here = platform_info()
+    return EngineInfo(
+        **here,
+        hardware_compatible=hardware_compatible,
+        version_compatible=False,
+        min_batch_size=smallest,
+        opt_batch_size=optimal,
+        max_batch_size=largest,
+    )
+
+
+def load_engine(path: Path) -> torch.jit.ScriptModule:
+    _import_torch_tensorrt()  # registers the engine class TorchScript deserialises
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript; pinned <2.15
+        return torch.jit.load(str(path), map_location="cuda").eval()
+
+
+def run_engine(
+    path: Path, images: torch.Tensor, engine: EngineInfo, precision: TensorRTPrecision
+) -> np.ndarray:
+    """Load the saved engine back and return its logits for ``images``.
+
+    Batch sizes 1, opt and max run first on the same images: an engine that silently fixed its
+    batch size at build time fails here rather than in the service.
+    """
+    module = load_engine(path)
+    dtype = torch.half if precision == "fp16" else torch.float32  # the engine's input, as built
+    with torch.inference_mode():
+        for size in (engine.min_batch_size, engine.opt_batch_size, engine.max_batch_size):
+            out = module(_example(images, size).to("cuda", dtype))
+            if tuple(out.shape[:1]) != (size,):
+                raise ExportError(
+                    f"the saved TensorRT engine returned {tuple(out.shape)} for a batch of {size}"
+                )
+        chunks = [
+            module(chunk.to("cuda", dtype)).float().cpu()
+            for chunk in torch.split(images, engine.max_batch_size)
+        ]
+    return torch.cat(chunks).numpy()
