@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +122,42 @@ def tiny_bundle(tiny_run):
     result, root = tiny_run
     exported = export_bundle(result.run_dir, out_dir=root / "bundles", name="tiny")
     return exported.bundle_dir, result.run_dir
+
+
+def require_tool(name: str, install: str) -> str:
+    """A system tool's path. Missing: skip with the reason, or fail under CI (``CI`` set, as
+    ``.ci/run`` does), where every tool the tests use is installed."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; {install} (.ci/run requires it)")
+        pytest.skip(f"{name} is not installed ({install}; .ci/run requires it in CI)")
+    return path
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings) -> Iterator[str]:
+    """The real app under uvicorn in a background thread on ``settings.host`` (any free port), ready:
+    yields its base URL ``http://HOST:PORT`` and stops the server on exit."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.client import wait_until_ready
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=settings.host, port=0, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                pytest.fail("the live server did not start")
+            time.sleep(0.05)
+        url = f"http://{settings.host}:{server.servers[0].sockets[0].getsockname()[1]}"
+        wait_until_ready(url, timeout_s=60)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -7,8 +7,6 @@ under CI (CI=true), where a missing binary is a failure.
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -19,17 +17,9 @@ import httpx
 import pytest
 
 from tests.api.conftest import class_image
+from tests.conftest import require_tool
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "k8s" / "monitoring"
-
-
-def _require(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is not installed; .ci/run installs Debian's prometheus package")
-        pytest.skip(f"{binary} is not installed (apt-get install prometheus; .ci/run does it in CI)")
-    return path
 
 
 def _free_port() -> int:
@@ -39,7 +29,7 @@ def _free_port() -> int:
 
 
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
-    promtool = _require("promtool")
+    promtool = require_tool("promtool", "apt-get install prometheus")
     check = subprocess.run(
         [promtool, "check", "rules", "imgcls-rules.yaml"], cwd=RULES_DIR, capture_output=True, text=True
     )
@@ -51,7 +41,7 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
 
 
 def test_prometheus_scrapes_imgcls_and_the_rules_compute_latency_and_batch_size(server_url, tmp_path):
-    prometheus = _require("prometheus")
+    prometheus = require_tool("prometheus", "apt-get install prometheus")
     port = _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
