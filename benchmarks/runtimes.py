@@ -110,6 +110,12 @@ class EagerRuntime(Runtime):
             return softmax(logits.float().cpu().numpy())
 
 
+def runtime_label(name: str, precision: str) -> str:
+    """One label per artifact: onnxruntime and onnxruntime-int8, tensorrt-fp16 and tensorrt-int8; the
+    runtime's own precision otherwise (TorchScript serves FP16 on CUDA from the FP32 artifact)."""
+    return name if name != "tensorrt" and precision in ("fp32", "fp16") else f"{name}-{precision}"
+
+
 def available_runtimes(
     manifest: Manifest, bundle_dir: Path, *, device: str, intra_op_threads: int | None
 ) -> tuple[dict[str, Runtime], dict[str, str]]:
@@ -140,11 +146,7 @@ def available_runtimes(
     runtime_of = {"torchscript": "torchscript", "onnx": "onnxruntime", "torchscript_tensorrt": "tensorrt"}
     for artifact in manifest.artifacts:
         name = runtime_of[artifact.format]
-        # One row per artifact: onnxruntime-int8 beside onnxruntime, tensorrt-fp16, tensorrt-int8...
-        label = (
-            name if name != "tensorrt" and artifact.precision == "fp32" else f"{name}-{artifact.precision}"
-        )
-        attempt(label, served(name, artifact))
+        attempt(runtime_label(name, artifact.precision), served(name, artifact))
     return runtimes, skipped
 
 
@@ -308,7 +310,7 @@ def in_process_ceiling(
     for thread in threads:
         thread.join(timeout=30)
     return CeilingResult(
-        runtime=runtime.name,
+        runtime=runtime_label(runtime.name, runtime.precision),
         decode_threads=decode_threads,
         batch_size=batch_size,
         images_per_s=round(done["images"] / elapsed, 1),
