@@ -101,11 +101,52 @@ class OnnxRuntime(Runtime):
         return softmax(logits)
 
 
+class _CudaStaging:
+    """Pinned host buffers and a dedicated CUDA stream for one runtime (one inference thread).
+
+    A batch is copied once into page-locked memory, sent with one asynchronous copy on the runtime's
+    own stream (so copies and compute never queue behind other work on the default stream; TensorRT
+    engines run on the caller's current stream), and the probabilities come back with one copy per
+    batch. Buffers grow to the largest batch seen and are reused.
+    """
+
+    def __init__(self, torch) -> None:
+        self._torch = torch
+        self.stream = torch.cuda.Stream()
+        self._inputs = None
+        self._outputs = None
+
+    def _pinned(self, buffer, shape: tuple[int, ...]):
+        if buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != shape[1:]:
+            return self._torch.empty(shape, dtype=self._torch.float32, pin_memory=True)
+        return buffer
+
+    def run(self, forward, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        count = len(batch)
+        self._inputs = self._pinned(self._inputs, batch.shape)
+        host_in = self._inputs[:count]
+        host_in.copy_(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        with torch.cuda.stream(self.stream):
+            probabilities = torch.softmax(forward(host_in.to("cuda", non_blocking=True)).float(), dim=1)
+            self._outputs = self._pinned(self._outputs, tuple(probabilities.shape))
+            host_out = self._outputs[:count]
+            host_out.copy_(probabilities, non_blocking=True)
+        self.stream.synchronize()  # the one wait per batch; the pinned buffers are free again after it
+        return host_out.numpy().copy()
+
+
 class TorchScriptRuntime(Runtime):
     name = "torchscript"
 
     def __init__(
-        self, path: Path, *, device: str = "cpu", half: bool = False, intra_op_threads: int | None = None
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        half: bool = False,
+        intra_op_threads: int | None = None,
+        half_input: bool = False,
     ) -> None:
         import torch
 
@@ -118,26 +159,36 @@ class TorchScriptRuntime(Runtime):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript; pinned <2.15
             module = torch.jit.load(str(path), map_location=device)
-        self._half = half and device == "cuda"
-        if self._half:
-            module = module.half()
+        # The artifact is frozen: its weights are graph constants that Module.half() cannot reach, so
+        # FP16 runs under autocast, which casts at each operator (convolutions and matmuls in half).
+        self._autocast = half and device == "cuda"
+        self._half_input = half_input and device == "cuda"  # a TensorRT FP16 engine takes half input
         self._module = module.eval()
         self._torch = torch
+        self._staging = _CudaStaging(torch) if device == "cuda" else None
         self.device = device
-        self.precision = "fp16" if self._half else "fp32"
+        self.precision = "fp16" if self._autocast or self._half_input else "fp32"
+
+    def _forward(self, inputs):
+        torch = self._torch
+        if self._half_input:
+            inputs = inputs.half()
+        if self._autocast:
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self._module(inputs)
+        return self._module(inputs)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            inputs = inputs.to(self.device, non_blocking=True)
-            if self._half:
-                inputs = inputs.half()
-            logits = self._module(inputs)
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            if self._staging is not None:
+                return self._staging.run(self._forward, batch)
+            logits = self._forward(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+            return torch.softmax(logits.float(), dim=1).numpy()
 
     def close(self) -> None:
         del self._module
+        self._staging = None
         if self.device == "cuda":
             self._torch.cuda.empty_cache()
 
@@ -175,7 +226,7 @@ class TensorRTRuntime(TorchScriptRuntime):
                 f"engine {path.name} {mismatch}; rebuild it here with imgcls export"
             )
         try:
-            super().__init__(path, device="cuda", half=precision == "fp16")
+            super().__init__(path, device="cuda", half_input=precision == "fp16")
         except Exception as exc:  # a corrupt or foreign engine: the next runtime serves instead
             raise RuntimeUnavailableError(f"engine {path.name} does not load: {_first_line(exc)}") from None
         self.precision = precision

@@ -91,3 +91,18 @@ def test_tensorrt_runtime_needs_an_engine_artifact(tiny_bundle):
     bundle, _ = tiny_bundle
     with pytest.raises(RuntimeUnavailableError, match="no artifact"):
         choose_runtime(load_manifest(bundle), bundle, device="cuda", preference="tensorrt")
+
+
+@pytest.mark.cuda
+def test_cuda_runtime_stages_through_pinned_buffers_on_its_own_stream_at_any_batch_size(tiny_bundle):
+    bundle, _ = tiny_bundle
+    runtime = choose_runtime(load_manifest(bundle), bundle, device="cuda", preference="torchscript")
+    staging = runtime._staging
+    assert staging is not None and staging.stream != torch.cuda.default_stream()
+    reference = TorchScriptRuntime(bundle / "model.torchscript.pt")
+    rng = np.random.default_rng(1)
+    for size in (8, 1, 3, 8):  # grows once, then reuses the pinned buffers
+        batch = rng.standard_normal((size, 3, 16, 16)).astype(np.float32)
+        np.testing.assert_allclose(runtime.infer(batch), reference.infer(batch), atol=1e-2)
+    assert staging._inputs.is_pinned() and staging._inputs.shape[0] == 8
+    assert staging._outputs.is_pinned()
