@@ -9,12 +9,18 @@ is taken only while more items are known to be on their way (callers announce th
 :meth:`DynamicBatcher.incoming` while they decode): under load batches fill, and a lone request
 never waits for company that is not coming. A request may be split across
 batches. Items whose request was cancelled (client gone, deadline passed) are never computed.
+
+A runner returns the batch's outputs, fails the whole batch by raising, or fails single items by
+returning an exception in their place. A pipelined runner (device preprocessing, then inference)
+returns an awaitable of the outputs once its first stage is done: the batcher then counts the
+runtime as free and forms the next batch while the rest of this one runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import deque
@@ -31,7 +37,8 @@ log = logging.getLogger("imgcls.batcher")
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-BatchRunner = Callable[[list[Any]], Awaitable[Sequence[Any]]]
+# Outputs, or (pipelined) an awaitable of them once the runner's first stage is done.
+BatchRunner = Callable[[list[Any]], Awaitable[Sequence[Any] | Awaitable[Sequence[Any]]]]
 
 
 def doubling_batch_sizes(max_batch_size: int) -> list[int]:
@@ -254,27 +261,63 @@ class DynamicBatcher(Generic[In, Out]):
             log.exception("batch observer failed")
 
     async def _loop(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            if not batch:
-                return
-            started = time.monotonic()
-            for item in batch:
-                item.batched_at = started
-            try:
-                outputs = await self._runner([item.payload for item in batch])
-                if len(outputs) != len(batch):
-                    raise RuntimeError(f"runner returned {len(outputs)} results for a batch of {len(batch)}")
-            except Exception as exc:  # delivered to exactly the callers in this batch
+        finishing: set[asyncio.Task] = set()  # pipelined batches past their runner's first stage
+        try:
+            while True:
+                batch = await self._next_batch()
+                if not batch:
+                    return
+                started = time.monotonic()
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            finished = time.monotonic()
-            for item, output in zip(batch, outputs, strict=True):
+                    item.batched_at = started
+                try:
+                    outputs = await self._runner([item.payload for item in batch])
+                except Exception as exc:  # delivered to exactly the callers in this batch
+                    self._fail(batch, exc)
+                    continue
+                if inspect.isawaitable(outputs):
+                    task = asyncio.get_running_loop().create_task(self._finish(batch, outputs, started))
+                    finishing.add(task)
+                    task.add_done_callback(finishing.discard)
+                else:
+                    self._deliver(batch, outputs, started)
+        finally:
+            if finishing:  # stop(drain) returns only once every batch has its results
+                await asyncio.gather(*finishing, return_exceptions=True)
+
+    async def _finish(self, batch: list[_Item], pending: Awaitable[Sequence[Any]], started: float) -> None:
+        try:
+            outputs = await pending
+        except Exception as exc:
+            self._fail(batch, exc)
+            return
+        except BaseException:  # cancelled while shutting down: no caller is left waiting forever
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(output)
-            if self._on_batch is not None:
-                self._notify(
-                    BatchStats(len(batch), [started - item.enqueued_at for item in batch], finished - started)
-                )
+                    item.future.cancel()
+            raise
+        self._deliver(batch, outputs, started)
+
+    def _fail(self, batch: list[_Item], exc: Exception) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    def _deliver(self, batch: list[_Item], outputs: Sequence[Any], started: float) -> None:
+        if len(outputs) != len(batch):
+            self._fail(
+                batch, RuntimeError(f"runner returned {len(outputs)} results for a batch of {len(batch)}")
+            )
+            return
+        finished = time.monotonic()
+        for item, output in zip(batch, outputs, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(output, BaseException):  # this item alone failed (e.g. a corrupt image)
+                item.future.set_exception(output)
+            else:
+                item.future.set_result(output)
+        if self._on_batch is not None:
+            self._notify(
+                BatchStats(len(batch), [started - item.enqueued_at for item in batch], finished - started)
+            )

@@ -7,7 +7,9 @@ Decoding runs in a thread pool (Pillow and torch release the GIL), never on the 
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from trainer.transforms import decode_to_tensor, eval_transform
 __all__ = ["ACCEPTED_FORMATS", "Preprocessor", "init_decode_thread"]
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+_EXIF_ORIENTATION = 0x0112
 
 
 def init_decode_thread() -> None:
@@ -41,8 +44,10 @@ class Preprocessor:
         self.max_image_pixels = max_image_pixels
         self._transform = eval_transform(spec)
 
-    def decode(self, data: bytes) -> torch.Tensor:
-        """Encoded bytes -> uint8 ``[C, H, W]`` in the bundle's colour mode; :class:`BadInputError` if not an image."""
+    @contextlib.contextmanager
+    def _checked(self, data: bytes) -> Iterator[Image.Image]:
+        """The image opened (header only) and checked; any failure inside, decoding included, becomes
+        a :class:`BadInputError` that says what is wrong."""
         if not data:
             raise BadInputError("empty image: the request carried zero bytes for it")
         try:
@@ -57,8 +62,7 @@ class Preprocessor:
                         f"image of {width}x{height} pixels is over the limit of {self.max_image_pixels:,}; "
                         "downscale it before sending"
                     )
-                image.seek(0)  # GIF and multi-frame images: the first frame
-                return decode_to_tensor(image, data, self.spec.color_mode)
+                yield image
         except BadInputError:
             raise
         except Image.DecompressionBombError:  # Pillow's own guard, before our header check can run
@@ -74,6 +78,25 @@ class Preprocessor:
         except Exception as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise BadInputError(f"corrupt or truncated image ({detail})") from None
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        """Encoded bytes -> uint8 ``[C, H, W]`` in the bundle's colour mode; :class:`BadInputError` if not an image."""
+        with self._checked(data) as image:
+            image.seek(0)  # GIF and multi-frame images: the first frame
+            return decode_to_tensor(image, data, self.spec.color_mode)
+
+    def is_plain_jpeg(self, data: bytes, max_pixels: int) -> bool:
+        """Checked as :meth:`decode` checks it: is this a JPEG the GPU decoder reads exactly as the CPU
+        path does? RGB or grayscale (not CMYK), upright (nvJPEG ignores the EXIF orientation the CPU
+        path applies), and at most ``max_pixels`` (a batch of huge photos would not fit the GPU)."""
+        with self._checked(data) as image:
+            width, height = image.size
+            return (
+                image.format == "JPEG"
+                and image.mode in ("RGB", "L")
+                and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+                and width * height <= max_pixels
+            )
 
     def __call__(self, data: bytes) -> np.ndarray:
         return self._transform(self.decode(data)).numpy()

@@ -78,6 +78,7 @@ class ModelSettings(BaseModel):
     device: DeviceChoice
     intra_op_threads: int | None
     warmup: bool
+    device_preprocessing: Literal["auto", "on", "off"] = "auto"
 
 
 def cpu_quota_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -140,6 +141,9 @@ class Settings(BaseSettings):
     max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000
     max_json_depth: Annotated[int, Field(ge=4, le=512)] = 32  # nesting of request JSON (ours needs 4)
     warmup: bool = True  # run batch sizes 1, 2, 4, ... max_batch_size before reporting ready
+    # Decode JPEG batches and preprocess them on the runtime's device (service/device_preprocess.py).
+    # auto: on CUDA; on: on the CPU too (one thread decodes the batch: slower there, for tests).
+    device_preprocessing: Literal["auto", "on", "off"] = "auto"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: /metrics on the main port
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0  # on SIGTERM, how long accepted requests may take
     # ...and how long, at least, to keep answering 503 so load balancers and clients notice before the port closes
@@ -159,4 +163,5 @@ class Settings(BaseSettings):
             device=overrides.device or self.device,
             intra_op_threads=self.intra_op_threads or default_intra_op_threads(self.decode_threads),
             warmup=self.warmup,
+            device_preprocessing=self.device_preprocessing,
         )

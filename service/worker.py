@@ -2,21 +2,25 @@
 
 Inference runs on a single-thread executor per version, so the event loop never blocks on
 compute and the runtime is never called from two threads. Decoding runs on the shared decode
-pool. Warm-up runs every batch size up to ``max_batch_size`` (powers of two and the maximum)
+pool; with device preprocessing (CUDA), the decode pool only checks headers and a second
+single-thread executor decodes each JPEG batch on the GPU while the previous batch is inferred. Warm-up runs every batch size up to ``max_batch_size`` (powers of two and the maximum)
 before the version reports ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 
 from service.batcher import BatchStats, DynamicBatcher
+from service.device_preprocess import DevicePreprocessor, EncodedJpeg
 from service.errors import BadInputError, InferenceFailedError, ModelNotReadyError
 from service.preprocess import Preprocessor
 from service.repository import BundleRef
@@ -52,6 +56,10 @@ class ModelWorker:
         self._preprocess = (
             Preprocessor(ref.manifest.preprocess, max_image_pixels=max_image_pixels) if ref.ok else None
         )
+        # Set at load when JPEG batches are decoded on the runtime's device, on a thread of its own.
+        self._device_preprocess: DevicePreprocessor | None = None
+        self._device_executor: ThreadPoolExecutor | None = None
+        self._fallback_logged = False
         # Observers (metrics): objects with batch(worker, BatchStats) and preprocessed(worker, seconds).
         self.observers: list = []
 
@@ -98,7 +106,38 @@ class ModelWorker:
             self.settings = self.settings.model_copy(update={"batching": batching})
         if self.settings.warmup:
             warm_up(runtime, manifest.input.shape, self.settings.batching.max_batch_size)
+        try:
+            self._device_preprocess = self._start_device_preprocessing(runtime)
+        except BaseException:
+            runtime.close()
+            raise
         return runtime
+
+    def _start_device_preprocessing(self, runtime: Runtime) -> DevicePreprocessor | None:
+        """A :class:`DevicePreprocessor` when settings and runtime call for one, warmed up; None otherwise.
+
+        ``auto``: on CUDA, for runtimes that take device tensors (TorchScript, TensorRT); a device
+        decoder that fails its warm-up is logged and left off. ``on``: always, and a failure stops the load.
+        """
+        mode = self.settings.device_preprocessing
+        takes_tensors = getattr(runtime, "accepts_device_tensors", False)
+        if mode == "off" or (mode == "auto" and not (runtime.device == "cuda" and takes_tensors)):
+            return None
+        device = DevicePreprocessor(self._preprocess, runtime.device)
+        try:
+            device.warm_up()  # the decoder's start-up (nvJPEG) is paid here, not by the first request
+        except Exception as exc:
+            if mode == "on":
+                raise
+            log.warning(
+                "%s v%d: JPEG decoding on %s failed its warm-up (%s); decoding on the CPU instead",
+                self.name,
+                self.version,
+                runtime.device,
+                f"{type(exc).__name__}: {exc}".splitlines()[0],
+            )
+            return None
+        return device
 
     async def load(self) -> None:
         if self.state == "failed":
@@ -133,6 +172,10 @@ class ModelWorker:
             on_batch=self._observe,
             wait_only_for_incoming=batching.wait_only_for_incoming,
         )
+        if self._device_preprocess is not None:
+            self._device_executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"preprocess-{self.name}-{self.version}"
+            )
         self.batcher.start()
         self.state = "ready"
         log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
@@ -148,31 +191,84 @@ class ModelWorker:
         for observer in self.observers:
             observer.batch(self, stats)
 
-    def _infer(self, payloads: list[np.ndarray]) -> np.ndarray:
-        probabilities = self.runtime.infer(np.stack(payloads))  # stacking too stays off the event loop
+    def _check_finite(self, probabilities: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         finite = np.isfinite(probabilities).all(axis=1)
+        if rows is not None:
+            finite |= ~rows  # rows left out of the batch (failed images) are never returned
         if not finite.all():  # never hand NaN/inf to a client as a score
             raise NonFiniteOutputError(
-                f"{int((~finite).sum())} of {len(payloads)} images got NaN or inf scores"
+                f"{int((~finite).sum())} of {len(probabilities)} images got NaN or inf scores"
             )
         return probabilities
 
-    async def _run_batch(self, payloads: list[np.ndarray]) -> list[np.ndarray]:
+    def _infer(self, payloads: list[np.ndarray]) -> np.ndarray:
+        return self._check_finite(self.runtime.infer(np.stack(payloads)))  # stacking too stays off the loop
+
+    def _infer_tensor(self, batch, rows: np.ndarray) -> np.ndarray:
+        return self._check_finite(self.runtime.infer_tensor(batch), rows)
+
+    def _preprocess_on_device(self, payloads: list):
+        started = time.perf_counter()
+        fallbacks = self._device_preprocess.fallbacks
+        batch, errors = self._device_preprocess(payloads)
+        share = (time.perf_counter() - started) / len(payloads)
+        for _ in range(
+            sum(isinstance(p, EncodedJpeg) for p in payloads)
+        ):  # the others: in their decode thread
+            for observer in self.observers:
+                observer.preprocessed(self, share)
+        if self._device_preprocess.fallbacks > fallbacks and not self._fallback_logged:
+            self._fallback_logged = True  # once: a client sending such files must not flood the log
+            log.warning(
+                "%s v%d: the device JPEG decoder refused some images; they were decoded on the CPU",
+                self.name,
+                self.version,
+            )
+        return batch, errors
+
+    async def _run_batch(self, payloads: list):
+        """Runs one batch; with device preprocessing, a pipeline: once the batch is preprocessed on the
+        device, the batcher gets the inference as an awaitable and forms the next batch meanwhile."""
         loop = asyncio.get_running_loop()
+        if self._device_preprocess is None:
+            return await self._infer_translated(
+                loop.run_in_executor(self._executor, self._infer, payloads), payloads
+            )
+        with self._translated_errors(len(payloads)):
+            batch, errors = await loop.run_in_executor(
+                self._device_executor, self._preprocess_on_device, payloads
+            )
+        rows = np.array([error is None for error in errors])
+        inference = loop.run_in_executor(self._executor, self._infer_tensor, batch, rows)
+
+        async def results() -> list:
+            probabilities = await self._infer_translated(inference, payloads)
+            return [
+                error if error is not None else row for row, error in zip(probabilities, errors, strict=True)
+            ]
+
+        return asyncio.ensure_future(results())
+
+    async def _infer_translated(self, inference: Awaitable[np.ndarray], payloads: list) -> list:
+        with self._translated_errors(len(payloads)):
+            return list(await inference)
+
+    @contextlib.contextmanager
+    def _translated_errors(self, size: int) -> Iterator[None]:
+        """Failures inside a batch -> the :class:`InferenceFailedError` its callers see (500)."""
         try:
-            probabilities = await loop.run_in_executor(self._executor, self._infer, payloads)
+            yield
         except NonFiniteOutputError as exc:
             log.error("%s v%d: %s", self.name, self.version, exc)
             raise InferenceFailedError(
                 f"inference for {self.name} v{self.version} produced non-finite scores (NaN or inf): {exc}"
             ) from None
         except Exception as exc:
-            log.exception("%s v%d: inference failed on a batch of %d", self.name, self.version, len(payloads))
+            log.exception("%s v%d: inference failed on a batch of %d", self.name, self.version, size)
             raise InferenceFailedError(
                 f"inference failed for {self.name} v{self.version} ({type(exc).__name__}); "
                 "the server log has the details"
             ) from exc
-        return list(probabilities)
 
     def require_ready(self) -> DynamicBatcher:
         if self.state != "ready" or self.batcher is None:
@@ -180,9 +276,11 @@ class ModelWorker:
             raise ModelNotReadyError(f"model {self.name} v{self.version} is {self.state}{reason}")
         return self.batcher
 
-    async def preprocess(self, images: list[bytes]) -> list[np.ndarray]:
-        """Decode and transform on the decode pool; a bad image names its position."""
+    async def preprocess(self, images: list[bytes]) -> list:
+        """Decode and transform on the decode pool (with device preprocessing: check the headers and
+        leave JPEGs encoded for the device); a bad image names its position."""
         loop = asyncio.get_running_loop()
+        device = self._device_preprocess
 
         def timed(data: bytes) -> np.ndarray:
             started = time.perf_counter()
@@ -191,8 +289,10 @@ class ModelWorker:
                 observer.preprocessed(self, time.perf_counter() - started)
             return array
 
-        async def one(index: int, data: bytes) -> np.ndarray:
+        async def one(index: int, data: bytes):
             try:
+                if device is not None:
+                    return await loop.run_in_executor(self._decode_pool, device.route, data, index)
                 return await loop.run_in_executor(self._decode_pool, timed, data)
             except BadInputError as exc:
                 raise BadInputError(f"image {index}: {exc}") from None
@@ -237,3 +337,5 @@ class ModelWorker:
             await loop.run_in_executor(self._executor, self.runtime.close)  # the runtime's own thread
             self.runtime = None
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self._device_executor is not None:
+            await asyncio.to_thread(self._device_executor.shutdown, wait=True)

@@ -106,3 +106,13 @@ def test_cuda_runtime_stages_through_pinned_buffers_on_its_own_stream_at_any_bat
         np.testing.assert_allclose(runtime.infer(batch), reference.infer(batch), atol=1e-2)
     assert staging._inputs.is_pinned() and staging._inputs.shape[0] == 8
     assert staging._outputs.is_pinned()
+
+
+def test_torchscript_takes_a_batch_already_on_its_device_and_answers_as_from_host_memory(tiny_bundle):
+    bundle, _ = tiny_bundle
+    runtime = TorchScriptRuntime(bundle / "model.torchscript.pt")
+    assert runtime.accepts_device_tensors and not OnnxRuntime.accepts_device_tensors
+    batch = np.random.default_rng(2).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(runtime.infer_tensor(torch.from_numpy(batch)), runtime.infer(batch))
+    onnx = OnnxRuntime(bundle / "model.onnx", intra_op_threads=1)  # the default: through host memory
+    np.testing.assert_allclose(onnx.infer_tensor(torch.from_numpy(batch)), onnx.infer(batch), atol=1e-6)

@@ -361,3 +361,83 @@ def test_waiting_stops_when_announced_items_fail_before_arriving():
         await b.stop()
 
     run(scenario)
+
+
+class PipelinedRunner:
+    """Stage one (preprocessing) and stage two (inference), each held at its own gate; returns the
+    second stage as an awaitable once the first is done, as the worker's device path does."""
+
+    def __init__(self) -> None:
+        self.first_gate, self.second_gate = asyncio.Event(), asyncio.Event()
+        self.first: list[list] = []
+        self.second: list[list] = []
+        self.fail_second_on: object | None = None
+
+    async def __call__(self, payloads: list):
+        self.first.append(list(payloads))
+        await self.first_gate.wait()
+
+        async def second_stage() -> list:
+            self.second.append(list(payloads))
+            await self.second_gate.wait()
+            if self.fail_second_on in payloads:
+                raise RuntimeError(f"inference failed on {self.fail_second_on}")
+            return [p * 2 for p in payloads]
+
+        return asyncio.ensure_future(second_stage())
+
+
+def test_a_pipelined_runner_gets_the_next_batch_once_its_first_stage_is_done_not_before():
+    async def scenario():
+        runner = PipelinedRunner()
+        b = batcher(runner, max_batch_size=2, max_queue_delay_ms=0)
+        pending = [asyncio.create_task(b.submit([i])) for i in range(6)]
+        await asyncio.sleep(0.05)
+        assert runner.first == [[0, 1]]  # batch one is in its first stage: nothing else is taken
+        runner.first_gate.set()
+        await asyncio.sleep(0.05)
+        # batch one waits in stage two while later batches go through stage one
+        assert runner.first == [[0, 1], [2, 3], [4, 5]] and runner.second[0] == [0, 1]
+        assert not any(task.done() for task in pending)
+        runner.second_gate.set()
+        assert await asyncio.gather(*pending) == [[0], [2], [4], [6], [8], [10]]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_failed_second_stage_fails_its_batch_only_and_stop_waits_for_second_stages():
+    async def scenario():
+        runner = PipelinedRunner()
+        runner.fail_second_on = 1
+        runner.first_gate.set()
+        b = batcher(runner, max_batch_size=2, max_queue_delay_ms=0)
+        first = asyncio.create_task(b.submit([0, 1]))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(b.submit([2, 3]))
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(b.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # both batches still in their second stage
+        runner.second_gate.set()
+        await stopping
+        with pytest.raises(RuntimeError, match="inference failed on 1"):
+            await first
+        assert await second == [4, 6]
+
+    run(scenario)
+
+
+def test_a_runner_can_fail_one_item_and_its_caller_alone_sees_the_error():
+    async def scenario():
+        async def runner(payloads: list) -> list:
+            return [ValueError(f"bad {p}") if p == "bad" else p.upper() for p in payloads]
+
+        b = DynamicBatcher(runner, max_batch_size=4, max_queue_delay_ms=50, max_queue_size=8)
+        b.start()
+        good, bad = await asyncio.gather(b.submit(["a", "b"]), b.submit(["bad"]), return_exceptions=True)
+        assert good == ["A", "B"]
+        assert isinstance(bad, ValueError) and str(bad) == "bad bad"
+        await b.stop()
+
+    run(scenario)
