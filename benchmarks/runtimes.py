@@ -36,6 +36,7 @@ from service.batcher import doubling_batch_sizes
 from service.preprocess import Preprocessor, init_decode_thread
 from service.runtimes import Runtime, build_runtime, resolve_device, softmax
 from service.settings import default_decode_threads, default_intra_op_threads, usable_cores
+from trainer.errors import describe_error
 from trainer.manifest import Artifact, Manifest
 
 __all__ = [
@@ -133,7 +134,7 @@ def available_runtimes(
         except RuntimeUnavailableError as exc:
             skipped[label] = str(exc)
         except Exception as exc:  # a model the eager builder cannot rebuild, a provider that fails
-            skipped[label] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            skipped[label] = describe_error(exc)
 
     def served(name: str, artifact: Artifact) -> Callable[[], Runtime]:
         return lambda: build_runtime(name, artifact, bundle_dir, device, intra_op_threads)

@@ -8,8 +8,8 @@ still encoded, and the batch is decoded in one ``torchvision.io.decode_jpeg(list
 uses. Other formats, and any JPEG the device decoder rejects, are decoded on the CPU as before and
 join the batch as tensors. A JPEG that cannot be decoded at all fails its own request, not the batch.
 
-The worker runs this stage on its own thread and lets the batcher keep two batches in flight, so the
-next batch is decoded while the current one is inferred.
+The worker runs this stage on its own thread and CUDA stream, and hands the batcher the inference as
+a second stage (``service.batcher``), so the next batch is decoded while the current one is inferred.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import numpy as np
 
 from service.errors import RuntimeUnavailableError
 from service.settings import usable_cores
+from trainer.errors import describe_error
 from trainer.manifest import Artifact, EngineInfo, Manifest
 
 __all__ = [
@@ -128,29 +129,26 @@ class _CudaStaging:
         return buffer
 
     def run(self, forward, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        count = len(batch)
+        """``batch`` in host memory: one copy into the pinned buffer, one asynchronous copy up."""
         self._inputs = self._pinned(self._inputs, batch.shape)
-        host_in = self._inputs[:count]
-        host_in.copy_(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        with torch.cuda.stream(self.stream):
-            probabilities = torch.softmax(forward(host_in.to("cuda", non_blocking=True)).float(), dim=1)
-            self._outputs = self._pinned(self._outputs, tuple(probabilities.shape))
-            host_out = self._outputs[:count]
-            host_out.copy_(probabilities, non_blocking=True)
-        self.stream.synchronize()  # the one wait per batch; the pinned buffers are free again after it
-        return host_out.numpy().copy()
+        host_in = self._inputs[: len(batch)]
+        host_in.copy_(self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        with self._torch.cuda.stream(self.stream):
+            return self._probabilities(forward, host_in.to("cuda", non_blocking=True))
 
     def run_on_device(self, forward, batch) -> np.ndarray:
         """``batch`` already on the GPU (made on another stream, which has finished with it)."""
-        torch = self._torch
         batch.record_stream(self.stream)  # the allocator must not reuse it while this stream reads it
-        with torch.cuda.stream(self.stream):
-            probabilities = torch.softmax(forward(batch).float(), dim=1)
-            self._outputs = self._pinned(self._outputs, tuple(probabilities.shape))
-            host_out = self._outputs[: len(batch)]
-            host_out.copy_(probabilities, non_blocking=True)
-        self.stream.synchronize()
+        with self._torch.cuda.stream(self.stream):
+            return self._probabilities(forward, batch)
+
+    def _probabilities(self, forward, device_batch) -> np.ndarray:
+        """On this stream: forward, softmax, one copy back into pinned memory, one wait."""
+        probabilities = self._torch.softmax(forward(device_batch).float(), dim=1)
+        self._outputs = self._pinned(self._outputs, tuple(probabilities.shape))
+        host_out = self._outputs[: len(device_batch)]
+        host_out.copy_(probabilities, non_blocking=True)
+        self.stream.synchronize()  # the pinned buffers are free again after it
         return host_out.numpy().copy()
 
 
@@ -245,7 +243,9 @@ class TensorRTRuntime(TorchScriptRuntime):
                 f"{exc}; install it where TensorRT is available (an NGC PyTorch image) to use TensorRT artifacts"
             ) from None
         except Exception as exc:  # a torch_tensorrt without its C++ runtime, a CUDA error...
-            raise RuntimeUnavailableError(f"cannot read the TensorRT platform: {_first_line(exc)}") from None
+            raise RuntimeUnavailableError(
+                f"cannot read the TensorRT platform: {describe_error(exc)}"
+            ) from None
         mismatch = engine_mismatch(engine, here)
         if mismatch:
             raise RuntimeUnavailableError(
@@ -254,13 +254,11 @@ class TensorRTRuntime(TorchScriptRuntime):
         try:
             super().__init__(path, device="cuda", half_input=precision == "fp16")
         except Exception as exc:  # a corrupt or foreign engine: the next runtime serves instead
-            raise RuntimeUnavailableError(f"engine {path.name} does not load: {_first_line(exc)}") from None
+            raise RuntimeUnavailableError(
+                f"engine {path.name} does not load: {describe_error(exc)}"
+            ) from None
         self.precision = precision
         self.max_batch_size = engine.max_batch_size
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def warm_up(runtime: Runtime, image_shape: tuple[int, int, int], max_batch_size: int) -> None:

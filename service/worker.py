@@ -3,8 +3,9 @@
 Inference runs on a single-thread executor per version, so the event loop never blocks on
 compute and the runtime is never called from two threads. Decoding runs on the shared decode
 pool; with device preprocessing (CUDA), the decode pool only checks headers and a second
-single-thread executor decodes each JPEG batch on the GPU while the previous batch is inferred. Warm-up runs every batch size up to ``max_batch_size`` (powers of two and the maximum)
-before the version reports ready.
+single-thread executor decodes each JPEG batch on the GPU while the previous batch is inferred.
+Warm-up runs every batch size up to ``max_batch_size`` (powers of two and the maximum) before the
+version reports ready.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from service.preprocess import Preprocessor
 from service.repository import BundleRef
 from service.runtimes import Runtime, choose_runtime, warm_up
 from service.settings import ModelSettings
-from trainer.errors import ImgclsError
+from trainer.errors import ImgclsError, describe_error
 
 __all__ = ["ModelWorker", "NonFiniteOutputError"]
 
@@ -134,7 +135,7 @@ class ModelWorker:
                 self.name,
                 self.version,
                 runtime.device,
-                f"{type(exc).__name__}: {exc}".splitlines()[0],
+                describe_error(exc),
             )
             return None
         return device
@@ -159,7 +160,7 @@ class ModelWorker:
             log.error("%s v%d not loaded: %s", self.name, self.version, exc)
             return
         except Exception as exc:  # a corrupt artifact can raise anything from inside a runtime
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.state, self.error = "failed", describe_error(exc)
             log.exception("%s v%d failed to load", self.name, self.version)
             return
         batching = self.settings.batching
@@ -212,10 +213,9 @@ class ModelWorker:
         fallbacks = self._device_preprocess.fallbacks
         batch, errors = self._device_preprocess(payloads)
         share = (time.perf_counter() - started) / len(payloads)
-        for _ in range(
-            sum(isinstance(p, EncodedJpeg) for p in payloads)
-        ):  # the others: in their decode thread
-            for observer in self.observers:
+        decoded_here = sum(isinstance(p, EncodedJpeg) for p in payloads)  # the rest: in their decode thread
+        for observer in self.observers:
+            for _ in range(decoded_here):
                 observer.preprocessed(self, share)
         if self._device_preprocess.fallbacks > fallbacks and not self._fallback_logged:
             self._fallback_logged = True  # once: a client sending such files must not flood the log

@@ -161,3 +161,12 @@ def serve_in_thread(settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def skip_if_torch_tensorrt_installed() -> None:
+    """For tests of the message a user gets without torch_tensorrt, which cannot be shown where it is."""
+    try:
+        import torch_tensorrt  # noqa: F401
+    except ImportError:
+        return
+    pytest.skip("torch_tensorrt is installed here; the missing-package message cannot be shown")

@@ -14,14 +14,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainer.config import RunConfig
-from trainer.errors import ExportError
+from trainer.config import ExportFormat, RunConfig
+from trainer.errors import ExportError, describe_error
 from trainer.manifest import Calibration, EngineInfo
 from trainer.quantize import quantize_onnx_int8
 from trainer.transforms import preprocess_spec
@@ -112,7 +112,7 @@ _EXPORTERS = {
     "torchscript": (_export_torchscript, _run_torchscript),
     "onnx": (_export_onnx, _run_onnx),
 }
-FORMATS = (*_EXPORTERS, "onnx-int8", "tensorrt")
+FORMATS: tuple[str, ...] = get_args(ExportFormat)  # the config accepts exactly these
 REDUCED_PRECISION_FORMATS = frozenset({"onnx-int8", "tensorrt"})  # checked on top-1 agreement
 
 
@@ -127,10 +127,6 @@ def artifact_file(fmt: str, config: RunConfig) -> str:
     return ARTIFACT_FILES[fmt]
 
 
-def _first_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
 def _write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, config: RunConfig) -> None:
     write, _ = _EXPORTERS[fmt]
     try:
@@ -141,7 +137,7 @@ def _write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Pat
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"{fmt} export of {config.model.name} failed: {_first_line(exc)}") from exc
+        raise ExportError(f"{fmt} export of {config.model.name} failed: {describe_error(exc)}") from exc
 
 
 def _load_back(fmt: str, path: Path, images: torch.Tensor, config: RunConfig) -> np.ndarray:
@@ -149,7 +145,7 @@ def _load_back(fmt: str, path: Path, images: torch.Tensor, config: RunConfig) ->
         return _EXPORTERS[fmt][1](path, images)
     except Exception as exc:
         raise ExportError(
-            f"the {fmt} artifact of {config.model.name} does not load back: {_first_line(exc)}"
+            f"the {fmt} artifact of {config.model.name} does not load back: {describe_error(exc)}"
         ) from exc
 
 
@@ -196,7 +192,7 @@ def build_artifact(
             )
         except Exception as exc:
             raise ExportError(
-                f"INT8 quantisation of {config.model.name} failed: {_first_line(exc)}; try "
+                f"INT8 quantisation of {config.model.name} failed: {describe_error(exc)}; try "
                 "export.onnx_int8_per_channel=false or another export.onnx_int8_calibration, or serve the "
                 "FP32 ONNX model"
             ) from exc
@@ -227,7 +223,7 @@ def build_artifact(
         raise
     except Exception as exc:
         raise ExportError(
-            f"TensorRT {precision} export of {config.model.name} failed: {_first_line(exc)}; export "
+            f"TensorRT {precision} export of {config.model.name} failed: {describe_error(exc)}; export "
             "torchscript/onnx for this model (the service serves TorchScript in FP16 on CUDA), or try "
             "another --precision"
         ) from exc

@@ -15,7 +15,14 @@ __all__ = [
     "ImgclsError",
     "ModelError",
     "WeightsNotFoundError",
+    "describe_error",
 ]
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message``, first line only: an unexpected exception (from torch, a runtime, a
+    decoder) summed up for a log line or a user-facing message, without its traceback."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 class ImgclsError(Exception):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import ExportError
+from trainer.errors import ExportError, describe_error
 
 __all__ = ["calibrate_modelopt", "import_modelopt", "quantize_onnx_int8"]
 
@@ -113,7 +113,7 @@ def import_modelopt() -> ModuleType:
             warnings.simplefilter("ignore")
             import modelopt.torch.quantization as mtq
     except Exception as exc:
-        raise ImportError(f"nvidia-modelopt does not import ({type(exc).__name__}: {exc})") from None
+        raise ImportError(f"nvidia-modelopt does not import ({describe_error(exc)})") from None
     finally:
         extension_log.setLevel(level)
     return mtq

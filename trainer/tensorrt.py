@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import ExportError
+from trainer.errors import ExportError, describe_error
 from trainer.manifest import EngineInfo
 
 __all__ = [
@@ -52,7 +52,7 @@ def _import_torch_tensorrt():
             warnings.simplefilter("ignore")  # its import warns about optional backends it does not find
             import torch_tensorrt
     except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
-        raise ImportError(f"torch_tensorrt does not import ({type(exc).__name__}: {exc})") from None
+        raise ImportError(f"torch_tensorrt does not import ({describe_error(exc)})") from None
     return torch_tensorrt
 
 
@@ -101,10 +101,6 @@ def platform_info() -> dict[str, str]:
     }
 
 
-def _major(version: str) -> str:
-    return version.split(".", 1)[0]
-
-
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
@@ -124,7 +120,8 @@ def engine_mismatch(engine: EngineInfo, here: dict[str, str]) -> str | None:
         )
     built_trt, here_trt = engine.tensorrt_version, here["tensorrt_version"]
     if engine.version_compatible:
-        if _major(built_trt) != _major(here_trt) or _version_tuple(here_trt) < _version_tuple(built_trt):
+        built, running = _version_tuple(built_trt), _version_tuple(here_trt)
+        if built[:1] != running[:1] or running < built:  # same major, same or later release
             return f"built version-compatible with TensorRT {built_trt}, this service has TensorRT {here_trt}"
     elif built_trt != here_trt:
         return f"built with TensorRT {built_trt}, this service has TensorRT {here_trt}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_if_torch_tensorrt_installed
 from trainer.cli import main
 
 
@@ -144,22 +145,15 @@ def test_export_out_must_end_in_a_version(tmp_path: Path, capsys):
     assert "must be the version number" in err
 
 
+def _random_init(capsys, out: Path, *options: str) -> tuple[int, str, str]:
+    """``imgcls export --random-init --model simple_cnn OPTIONS --out OUT``."""
+    return _run(capsys, "export", "--random-init", "--model", "simple_cnn", *options, "--out", str(out))
+
+
 def test_random_init_export_writes_a_complete_servable_bundle(tmp_path: Path, capsys):
     out = tmp_path / "models" / "speedy" / "1"
-    code, stdout, err = _run(
-        capsys,
-        "export",
-        "--random-init",
-        "--model",
-        "simple_cnn",
-        "--num-classes",
-        "5",
-        "--image-size",
-        "24",
-        "--color-mode",
-        "L",
-        "--out",
-        str(out),
+    code, stdout, err = _random_init(
+        capsys, out, "--num-classes", "5", "--image-size", "24", "--color-mode", "L"
     )
     assert code == 0, err
     assert "model.onnx (fp32): parity on 16 images: top-1 agreement 1.0000" in stdout
@@ -171,20 +165,7 @@ def test_random_init_export_writes_a_complete_servable_bundle(tmp_path: Path, ca
     assert manifest.labels == ("class_0", "class_1", "class_2", "class_3", "class_4")
     assert (manifest.input.channels, manifest.input.height) == (1, 24)
     assert {a.format for a in manifest.artifacts} == {"torchscript", "onnx"}
-    assert (
-        _run(
-            capsys,
-            "export",
-            "--random-init",
-            "--model",
-            "simple_cnn",
-            "--num-classes",
-            "5",
-            "--out",
-            str(out),
-        )[0]
-        == 1
-    )
+    assert _random_init(capsys, out, "--num-classes", "5")[0] == 1
 
 
 @pytest.mark.parametrize(
@@ -266,19 +247,11 @@ def test_resume_with_a_changed_architecture_exits_2(tmp_path: Path, capsys, make
 def test_tensorrt_export_without_tensorrt_fails_at_once_naming_the_fix_and_writes_nothing(
     tmp_path: Path, capsys, precision: str
 ):
-    try:
-        import torch_tensorrt  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("torch_tensorrt is installed here")
+    skip_if_torch_tensorrt_installed()
     out = tmp_path / "models" / "speedy" / "1"
-    code, stdout, err = _run(
+    code, stdout, err = _random_init(
         capsys,
-        "export",
-        "--random-init",
-        "--model",
-        "simple_cnn",
+        out,
         "--num-classes",
         "3",
         "--image-size",
@@ -287,8 +260,6 @@ def test_tensorrt_export_without_tensorrt_fails_at_once_naming_the_fix_and_write
         "onnx,tensorrt",
         "--precision",
         precision,
-        "--out",
-        str(out),
     )
     assert code == 1 and stdout == ""
     line = _error_line(err)
@@ -298,17 +269,7 @@ def test_tensorrt_export_without_tensorrt_fails_at_once_naming_the_fix_and_write
 
 
 def test_export_options_are_validated_with_exit_2(tmp_path: Path, capsys):
-    code, _, err = _run(
-        capsys,
-        "export",
-        "--random-init",
-        "--model",
-        "simple_cnn",
-        "--formats",
-        "onnx-int8",
-        "--calib-images",
-        "0",
-        "--out",
-        str(tmp_path / "models" / "m" / "1"),
+    code, _, err = _random_init(
+        capsys, tmp_path / "models" / "m" / "1", "--formats", "onnx-int8", "--calib-images", "0"
     )
     assert code == 2 and "calibration_images" in _error_line(err)

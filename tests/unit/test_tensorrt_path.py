@@ -7,6 +7,7 @@ import pytest
 
 from service.errors import RuntimeUnavailableError
 from service.runtimes import TensorRTRuntime, _candidates
+from tests.conftest import skip_if_torch_tensorrt_installed
 from trainer.config import ExportConfig
 from trainer.errors import ExportError
 from trainer.manifest import Artifact, Calibration, EngineInfo, ParityResult
@@ -215,12 +216,7 @@ def test_a_tensorrt_platform_that_cannot_be_read_makes_the_runtime_unavailable_n
 
 
 def test_tensorrt_export_without_torch_tensorrt_says_what_to_install():
-    try:
-        import torch_tensorrt  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("torch_tensorrt is installed here; the missing-package message cannot be shown")
+    skip_if_torch_tensorrt_installed()
     with pytest.raises(
         ExportError, match=r"nvcr\.io/nvidia/pytorch:26\.09-py3.*\[tensorrt\].*Nothing was written"
     ):
