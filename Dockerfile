@@ -22,10 +22,11 @@ COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY service ./service
 COPY benchmarks ./benchmarks
-# The GPU image keeps NGC's own torch, so it installs pyproject's dependencies minus torch and
-# torchvision: written out here from pyproject.toml, never copied by hand.
+# The GPU image keeps NGC's own torch, torchvision and torch-tensorrt, so it installs pyproject's
+# dependencies and its tensorrt extra (nvidia-modelopt, for INT8/FP8 engines) minus those three:
+# written out here from pyproject.toml, never copied by hand.
 RUN pip wheel --no-deps --wheel-dir /dist . \
-    && python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] not in ('torch', 'torchvision')))" > /dist/requirements-not-torch.txt
+    && python -c "import re, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = project['dependencies'] + project['optional-dependencies']['tensorrt']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] not in ('torch', 'torchvision', 'torch-tensorrt')))" > /dist/requirements-not-torch.txt
 
 # ---- cpu-build: a virtual environment with CPU torch wheels and imgcls --------------------------
 FROM python:3.11-slim-bookworm AS cpu-build
@@ -78,8 +79,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Never `pip install torch` here: NGC's torch, torchvision and torch-tensorrt are built against each
 # other and pinned by the image's constraints file (PIP_CONSTRAINT). pyproject pins PyPI's
 # torch==2.14.1, which NGC's build does not satisfy, so imgcls goes in with --no-deps and its other
-# dependencies from the list the wheel stage wrote (they resolve under NGC's constraints; the
-# tensorrt extra is already satisfied by NGC). --ignore-requires-python: NGC's Python is 3.12, outside
+# dependencies from the list the wheel stage wrote (they resolve under NGC's constraints).
+# --ignore-requires-python: NGC's Python is 3.12, outside
 # pyproject's requires-python (3.11 only).
 RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
     pip install -r /dist/requirements-not-torch.txt \

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.config import ExportFormat, RunConfig
+from trainer.config import ExportFormat, RunConfig, TensorRTPrecision
 from trainer.errors import ExportError, describe_error
 from trainer.manifest import Calibration, EngineInfo
 from trainer.quantize import quantize_onnx_int8
@@ -33,6 +33,7 @@ __all__ = [
     "BuiltArtifact",
     "ExportImages",
     "artifact_file",
+    "artifact_plan",
     "build_artifact",
     "in_chunks",
     "needs_calibration",
@@ -118,12 +119,30 @@ REDUCED_PRECISION_FORMATS = frozenset({"onnx-int8", "tensorrt"})  # checked on t
 
 def needs_calibration(formats: tuple[str, ...], config: RunConfig) -> bool:
     """Whether any format needs INT8/FP8 calibration images."""
-    return "onnx-int8" in formats or ("tensorrt" in formats and config.export.tensorrt_precision != "fp16")
+    quantised_engine = any(p != "fp16" for p in config.export.tensorrt_precisions)
+    return "onnx-int8" in formats or ("tensorrt" in formats and quantised_engine)
 
 
-def artifact_file(fmt: str, config: RunConfig) -> str:
+def artifact_plan(formats: tuple[str, ...], config: RunConfig) -> list[tuple[str, TensorRTPrecision | None]]:
+    """(format, TensorRT precision or None) for each artifact to write, in the order to write them.
+
+    FP32 formats come first: the INT8 ONNX model is quantised from the FP32 one when the bundle
+    has it. ``tensorrt`` gives one engine per precision in ``export.tensorrt_precisions``.
+    """
+    plan: list[tuple[str, TensorRTPrecision | None]] = []
+    for fmt in sorted(formats, key=lambda f: f in REDUCED_PRECISION_FORMATS):
+        if fmt == "tensorrt":
+            plan.extend((fmt, precision) for precision in config.export.tensorrt_precisions)
+        else:
+            plan.append((fmt, None))
+    return plan
+
+
+def artifact_file(fmt: str, precision: TensorRTPrecision | None = None) -> str:
     if fmt == "tensorrt":
-        return f"model.tensorrt-{config.export.tensorrt_precision}.ts"
+        if precision is None:
+            raise ValueError("a TensorRT artifact's file name needs its precision")
+        return f"model.tensorrt-{precision}.ts"
     return ARTIFACT_FILES[fmt]
 
 
@@ -168,8 +187,15 @@ def _calibration(images: ExportImages, fmt: str) -> torch.Tensor:
 
 
 def build_artifact(
-    fmt: str, model: nn.Module, images: ExportImages, path: Path, config: RunConfig
+    fmt: str,
+    model: nn.Module,
+    images: ExportImages,
+    path: Path,
+    config: RunConfig,
+    precision: TensorRTPrecision | None = None,
 ) -> BuiltArtifact:
+    """Write ``fmt`` (a ``tensorrt`` engine in ``precision``) to ``path`` and run it back on the
+    parity images."""
     export_cfg = config.export
     # torch.export specialises a dimension of size 1, so the example batch must hold at least 2 images.
     example = images.parity[:2].clone() if len(images.parity) >= 2 else images.parity.repeat(2, 1, 1, 1)
@@ -205,7 +231,8 @@ def build_artifact(
         return BuiltArtifact("int8", "cpu", logits, calibration, opset=_onnx_opset(path))
     from trainer.tensorrt import build_engine, run_engine
 
-    precision = export_cfg.tensorrt_precision
+    if precision is None:
+        raise ExportError("a TensorRT artifact needs a precision (export.tensorrt_precisions)")
     spec = preprocess_spec(config.preprocess)
     try:
         engine = build_engine(

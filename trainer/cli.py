@@ -152,7 +152,10 @@ def export(
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="With tensorrt: fp16, int8 or fp8 (default: export.tensorrt_precision)."),
+        typer.Option(
+            help="With tensorrt: fp16, int8, fp8, or several comma-separated (fp16,int8) for one "
+            "engine each in the bundle (default: export.tensorrt_precisions)."
+        ),
     ] = None,
     calib_images: Annotated[
         int | None,
@@ -194,7 +197,7 @@ def export(
     options = {
         key: value
         for key, value in (
-            ("tensorrt_precision", precision),
+            ("tensorrt_precisions", precision),
             ("calibration_images", calib_images),
             ("tensorrt_max_batch_size", max_batch_size),
         )

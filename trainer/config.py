@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.errors import ConfigError
 
@@ -34,6 +34,7 @@ __all__ = [
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 ExportFormat = Literal["torchscript", "onnx", "onnx-int8", "tensorrt"]
+TensorRTPrecision = Literal["fp16", "int8", "fp8"]
 
 
 class _Section(BaseModel):
@@ -160,14 +161,23 @@ class ExportConfig(_Section):
     onnx_int8_calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     # per-channel weight scales: usually more accurate, but some models (MobileNetV3) lose accuracy
     onnx_int8_per_channel: bool = True
-    tensorrt_precision: Literal["fp16", "int8", "fp8"] = (
-        "fp16"  # fp8 needs compute capability 8.9+ (Ada, Hopper)
-    )
+    # One engine per precision, all in the same bundle; the service prefers INT8, FP8, then FP16.
+    # "fp16,int8" or a list; fp8 needs compute capability 8.9+ (Ada, Hopper).
+    tensorrt_precisions: Annotated[tuple[TensorRTPrecision, ...], Field(min_length=1)] = ("fp16",)
     # The engine's batch range: min 1, tuned for opt, allocated for max. Keep max equal to the
     # service's max_batch_size (it caps batches at the engine's max either way).
     tensorrt_max_batch_size: int = Field(default=32, ge=2, le=4096)
     tensorrt_opt_batch_size: int | None = Field(default=None, ge=2)  # None: half of max (at least 2)
     tensorrt_hardware_compatible: bool = False  # True: one engine for every Ampere-or-newer GPU (slower)
+
+    @field_validator("tensorrt_precisions", mode="before")
+    @classmethod
+    def _comma_separated_precisions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            value = tuple(dict.fromkeys(value))  # "fp16,fp16" builds one engine
+        return value
 
     @model_validator(mode="after")
     def _opt_within_max(self) -> ExportConfig:

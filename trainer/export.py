@@ -33,6 +33,7 @@ from trainer.artifacts import (
     REDUCED_PRECISION_FORMATS,
     ExportImages,
     artifact_file,
+    artifact_plan,
     build_artifact,
     in_chunks,
     needs_calibration,
@@ -175,7 +176,7 @@ def _check_formats(formats: tuple[str, ...], config: RunConfig) -> None:
     if "tensorrt" in formats:
         from trainer.tensorrt import require_tensorrt
 
-        require_tensorrt(config.export.tensorrt_precision)
+        require_tensorrt(config.export.tensorrt_precisions)
 
 
 def split_bundle_path(out: Path) -> tuple[Path, str, int]:
@@ -245,10 +246,9 @@ def _write_bundle(
     )  # hidden: services skip dot-folders
     try:
         artifacts = []
-        # FP32 formats first: the INT8 ONNX model is quantised from the FP32 one when the bundle has it.
-        for fmt in sorted(formats, key=lambda f: f in REDUCED_PRECISION_FORMATS):
-            path = staging / artifact_file(fmt, config)
-            built = build_artifact(fmt, model, images, path, config)
+        for fmt, precision in artifact_plan(formats, config):
+            path = staging / artifact_file(fmt, precision)
+            built = build_artifact(fmt, model, images, path, config, precision)
             count = len(built.logits)
             parity = compare(
                 reference[:count],
@@ -319,7 +319,7 @@ def _write_bundle(
 
 # ExportConfig field -> the `imgcls export` flag that sets it, for error messages.
 EXPORT_OPTION_FLAGS = {
-    "tensorrt_precision": "--precision",
+    "tensorrt_precisions": "--precision",
     "calibration_images": "--calib-images",
     "tensorrt_max_batch_size": "--max-batch-size",
 }

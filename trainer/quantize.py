@@ -131,8 +131,8 @@ def calibrate_modelopt(
         mtq = import_modelopt()
     except ImportError as exc:
         raise ExportError(
-            f"{exc}; INT8/FP8 TensorRT export calibrates with it: pip install -e '.[tensorrt]' "
-            "(inside an NGC PyTorch image)"
+            f"{exc}; INT8/FP8 TensorRT export calibrates with it: pip install nvidia-modelopt "
+            "(imgcls's GPU image has it; `pip install -e '.[tensorrt]'` adds it with torch-tensorrt)"
         ) from None
     config = {"int8": mtq.INT8_DEFAULT_CFG, "fp8": mtq.FP8_DEFAULT_CFG}[precision]
     device = next(model.parameters()).device

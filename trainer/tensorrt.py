@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from trainer.config import TensorRTPrecision
 from trainer.errors import ExportError, describe_error
 from trainer.manifest import EngineInfo
 
@@ -37,12 +38,12 @@ __all__ = [
     "run_engine",
 ]
 
-TensorRTPrecision = Literal["fp16", "int8", "fp8"]
 
 TENSORRT_INSTALL_HINT = (
-    "build TensorRT engines inside an NGC PyTorch image (nvcr.io/nvidia/pytorch:26.09-py3 ships "
-    "torch-tensorrt 2.14 with TensorRT 11.1) with `pip install -e '.[tensorrt]'`, on the GPU model "
-    "that will serve them"
+    "build TensorRT engines in imgcls's GPU image (`docker build -t imgcls:0.1.0-gpu .`: "
+    "nvcr.io/nvidia/pytorch:26.09-py3, which ships torch-tensorrt 2.14 with TensorRT 11.1, plus imgcls "
+    "and nvidia-modelopt), on the GPU model that will serve them (README, 'TensorRT engines, step by "
+    "step'); elsewhere `pip install -e '.[tensorrt]'` needs TensorRT 11.1 from NVIDIA's index"
 )
 
 
@@ -56,8 +57,8 @@ def _import_torch_tensorrt():
     return torch_tensorrt
 
 
-def require_tensorrt(precision: TensorRTPrecision) -> None:
-    """Fail at once, before anything is written, when this machine cannot build the engine."""
+def require_tensorrt(precisions: Sequence[TensorRTPrecision]) -> None:
+    """Fail at once, before anything is written, when this machine cannot build the engines."""
     problems: list[str] = []
     if not torch.cuda.is_available():
         problems.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
@@ -65,18 +66,18 @@ def require_tensorrt(precision: TensorRTPrecision) -> None:
         _import_torch_tensorrt()
     except ImportError as exc:
         problems.append(str(exc))
-    if precision in ("int8", "fp8"):
+    if any(p in ("int8", "fp8") for p in precisions):
         from trainer.quantize import import_modelopt
 
         try:
             import_modelopt()
         except ImportError as exc:
             problems.append(str(exc))
-    if not problems and precision == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+    if not problems and "fp8" in precisions and torch.cuda.get_device_capability() < (8, 9):
         problems.append(f"FP8 needs compute capability 8.9 or newer; this GPU has {_capability()}")
     if problems:
         raise ExportError(
-            f"--formats tensorrt ({precision}) cannot run here: {'; '.join(problems)}. To fix: "
+            f"--formats tensorrt ({', '.join(precisions)}) cannot run here: {'; '.join(problems)}. To fix: "
             f"{TENSORRT_INSTALL_HINT}; or export the other formats without tensorrt. Nothing was written."
         )
 

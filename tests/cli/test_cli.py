@@ -243,7 +243,7 @@ def test_resume_with_a_changed_architecture_exits_2(tmp_path: Path, capsys, make
     assert "cannot change model.name when resuming" in _error_line(err)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "fp16,int8"])
 def test_tensorrt_export_without_tensorrt_fails_at_once_naming_the_fix_and_writes_nothing(
     tmp_path: Path, capsys, precision: str
 ):
@@ -263,8 +263,8 @@ def test_tensorrt_export_without_tensorrt_fails_at_once_naming_the_fix_and_write
     )
     assert code == 1 and stdout == ""
     line = _error_line(err)
-    assert f"--formats tensorrt ({precision}) cannot run here" in line
-    assert "torch_tensorrt does not import" in line and "pip install -e '.[tensorrt]'" in line
+    assert f"--formats tensorrt ({precision.replace(',', ', ')}) cannot run here" in line
+    assert "torch_tensorrt does not import" in line and "docker build -t imgcls:0.1.0-gpu ." in line
     assert not (tmp_path / "models").exists()  # not even the fp32 ONNX that came first
 
 

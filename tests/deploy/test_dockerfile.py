@@ -121,8 +121,9 @@ def test_the_gpu_image_keeps_ngcs_torch_and_installs_imgcls_without_dependencies
     assert any("--no-deps" in args and "imgcls-" in args for args in installs)
 
 
-def test_the_gpu_images_dependency_list_is_pyprojects_minus_torch(tmp_path):
-    """Run the wheel stage's own one-liner against the real pyproject.toml."""
+def test_the_gpu_images_dependency_list_is_pyprojects_and_tensorrt_extra_minus_ngcs_torch(tmp_path):
+    """Run the wheel stage's own one-liner against the real pyproject.toml: NGC ships torch,
+    torchvision and torch-tensorrt; everything else, nvidia-modelopt included, is installed."""
     runs = " ".join(rest for k, rest in _stages()["wheel"][1] if k == "RUN")
     code = re.search(r'python -c "(.*?)" > /dist/requirements-not-torch\.txt', runs).group(1)
     (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
@@ -130,10 +131,14 @@ def test_the_gpu_images_dependency_list_is_pyprojects_minus_torch(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+    project = PYPROJECT["project"]
     expected = [
-        d for d in PYPROJECT["project"]["dependencies"] if not d.startswith(("torch=", "torchvision="))
+        d
+        for d in project["dependencies"] + project["optional-dependencies"]["tensorrt"]
+        if not d.startswith(("torch=", "torchvision=", "torch-tensorrt"))
     ]
     assert result.stdout.splitlines() == expected
+    assert any(d.startswith("nvidia-modelopt") for d in expected)
 
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])

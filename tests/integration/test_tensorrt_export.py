@@ -27,12 +27,13 @@ def stand_in_engine(tiny_run, monkeypatch):
     result, _ = tiny_run
     run = RunDir(result.run_dir)
     model = load_eager_model(run, load_config(run.config), run.read_labels())
-    calls: dict = {"noise": 0.0}
+    calls: dict = {"noise": 0.0, "built": []}
 
     def build_engine(
         model_, path, *, precision, image_shape, batch_range, example_images, calibration_images, **_
     ):
         calls.update(precision=precision, batch_range=batch_range, calibration=calibration_images)
+        calls["built"].append(precision)
         path.write_bytes(b"engine for " + precision.encode())
         low, opt, high = batch_range
         return EngineInfo(**PLATFORM, min_batch_size=low, opt_batch_size=opt, max_batch_size=high)
@@ -42,7 +43,7 @@ def stand_in_engine(tiny_run, monkeypatch):
             logits = model(images).numpy()
         return np.roll(logits, 1, axis=1) if calls["noise"] else logits
 
-    monkeypatch.setattr(tensorrt_module, "require_tensorrt", lambda precision: None)
+    monkeypatch.setattr(tensorrt_module, "require_tensorrt", lambda precisions: None)
     monkeypatch.setattr(tensorrt_module, "build_engine", build_engine)
     monkeypatch.setattr(tensorrt_module, "run_engine", run_engine)
     return calls
@@ -78,7 +79,7 @@ def test_int8_engine_is_calibrated_on_training_images(tiny_run, stand_in_engine)
         out_dir=root / "trt",
         name="int8",
         formats=("tensorrt",),
-        options={"tensorrt_precision": "int8"},
+        options={"tensorrt_precisions": "int8"},
     )
     train_images = sum(
         1 for line in RunDir(result.run_dir).split.read_text().splitlines() if line.endswith(",train")
@@ -88,6 +89,32 @@ def test_int8_engine_is_calibrated_on_training_images(tiny_run, stand_in_engine)
     assert engine is not None and engine.path == "model.tensorrt-int8.ts"
     assert engine.calibration is not None and engine.calibration.method == "modelopt int8_default"
     assert engine.parity.min_top1_agreement == 0.98
+
+
+def test_fp16_and_int8_engines_share_one_bundle_and_cuda_serves_int8_first(tiny_run, stand_in_engine):
+    from service.runtimes import _candidates
+
+    result, root = tiny_run
+    exported = export_bundle(
+        result.run_dir,
+        out_dir=root / "trt",
+        name="both",
+        formats=("torchscript", "tensorrt"),
+        options={"tensorrt_precisions": "fp16,int8"},
+    )
+    assert stand_in_engine["built"] == ["fp16", "int8"]
+    manifest = load_manifest(exported.bundle_dir)
+    verify_artifacts(exported.bundle_dir, manifest)
+    fp16, int8 = (manifest.artifact("torchscript_tensorrt", p) for p in ("fp16", "int8"))
+    assert fp16.calibration is None and int8.calibration is not None
+    assert (exported.bundle_dir / "model.tensorrt-fp16.ts").read_bytes() == b"engine for fp16"
+    order = [(name, a.path if a else None) for name, a in _candidates(manifest, "cuda", "auto")]
+    assert order == [
+        ("tensorrt", "model.tensorrt-int8.ts"),
+        ("tensorrt", "model.tensorrt-fp16.ts"),
+        ("torchscript", "model.torchscript.pt"),
+        ("onnxruntime", None),
+    ]
 
 
 def test_an_engine_that_disagrees_fails_the_export_with_a_precision_specific_fix(tiny_run, stand_in_engine):

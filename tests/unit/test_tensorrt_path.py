@@ -3,15 +3,19 @@ and a clear failure (nothing written) where torch_tensorrt or CUDA is missing.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydantic import ValidationError
 
 from service.errors import RuntimeUnavailableError
 from service.runtimes import TensorRTRuntime, _candidates
 from tests.conftest import skip_if_torch_tensorrt_installed
-from trainer.config import ExportConfig
+from trainer.artifacts import artifact_file, artifact_plan, needs_calibration
+from trainer.config import ExportConfig, RunConfig
 from trainer.errors import ExportError
 from trainer.manifest import Artifact, Calibration, EngineInfo, ParityResult
-from trainer.tensorrt import engine_mismatch, require_tensorrt
+from trainer.tensorrt import TENSORRT_INSTALL_HINT, engine_mismatch, require_tensorrt
 
 from .test_manifest import _manifest
 
@@ -124,6 +128,37 @@ def test_export_config_puts_opt_between_one_and_max():
         ExportConfig(tensorrt_max_batch_size=8, tensorrt_opt_batch_size=16)
 
 
+def test_export_config_takes_one_or_several_tensorrt_precisions():
+    assert ExportConfig().tensorrt_precisions == ("fp16",)
+    assert ExportConfig(tensorrt_precisions="fp16, int8").tensorrt_precisions == ("fp16", "int8")
+    assert ExportConfig(tensorrt_precisions="int8,int8").tensorrt_precisions == ("int8",)
+    assert ExportConfig(tensorrt_precisions=["fp8"]).tensorrt_precisions == ("fp8",)
+    for bad in ("fp32", "", "fp16,int4"):
+        with pytest.raises(ValidationError, match="tensorrt_precisions"):
+            ExportConfig(tensorrt_precisions=bad)
+
+
+def test_each_tensorrt_precision_is_its_own_artifact_written_after_the_fp32_ones():
+    config = RunConfig(export={"tensorrt_precisions": "fp16,int8"})
+    plan = artifact_plan(("tensorrt", "onnx-int8", "torchscript"), config)
+    assert plan == [("torchscript", None), ("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnx-int8", None)]
+    assert [artifact_file(fmt, p) for fmt, p in plan[1:3]] == [
+        "model.tensorrt-fp16.ts",
+        "model.tensorrt-int8.ts",
+    ]
+    assert needs_calibration(("tensorrt",), config)
+    assert not needs_calibration(("tensorrt", "onnx"), RunConfig(export={"tensorrt_precisions": "fp16"}))
+
+
+def test_the_readme_has_the_step_by_step_guide_the_install_hint_points_to():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert (
+        "#### TensorRT engines, step by step" in readme
+        and "TensorRT engines, step by step" in TENSORRT_INSTALL_HINT
+    )
+    assert "docker build -t imgcls:0.1.0-gpu ." in readme and "--precision fp16,int8" in readme
+
+
 def _bundle_with(*artifacts: Artifact):
     return _manifest(artifacts=artifacts)
 
@@ -218,6 +253,7 @@ def test_a_tensorrt_platform_that_cannot_be_read_makes_the_runtime_unavailable_n
 def test_tensorrt_export_without_torch_tensorrt_says_what_to_install():
     skip_if_torch_tensorrt_installed()
     with pytest.raises(
-        ExportError, match=r"nvcr\.io/nvidia/pytorch:26\.09-py3.*\[tensorrt\].*Nothing was written"
+        ExportError,
+        match=r"imgcls:0\.1\.0-gpu.*nvcr\.io/nvidia/pytorch:26\.09-py3.*step by step.*Nothing was written",
     ):
-        require_tensorrt("fp16")
+        require_tensorrt(("fp16",))
