@@ -34,10 +34,10 @@ from benchmarks.report import machine_line, saved_figure
 from benchmarks.stats import percentile
 from service.batcher import doubling_batch_sizes
 from service.preprocess import Preprocessor, init_decode_thread
-from service.runtimes import Runtime, build_runtime, resolve_device, softmax
+from service.runtimes import Runtime, load_every_artifact, resolve_device, runtime_label, softmax
 from service.settings import default_decode_threads, default_intra_op_threads, usable_cores
 from trainer.errors import describe_error
-from trainer.manifest import Artifact, Manifest
+from trainer.manifest import Manifest
 
 __all__ = [
     "CeilingResult",
@@ -111,12 +111,6 @@ class EagerRuntime(Runtime):
             return softmax(logits.float().cpu().numpy())
 
 
-def runtime_label(name: str, precision: str) -> str:
-    """One label per artifact: onnxruntime and onnxruntime-int8, tensorrt-fp16 and tensorrt-int8; the
-    runtime's own precision otherwise (TorchScript serves FP16 on CUDA from the FP32 artifact)."""
-    return name if name != "tensorrt" and precision in ("fp32", "fp16") else f"{name}-{precision}"
-
-
 def available_runtimes(
     manifest: Manifest, bundle_dir: Path, *, device: str, intra_op_threads: int | None
 ) -> tuple[dict[str, Runtime], dict[str, str]]:
@@ -136,19 +130,15 @@ def available_runtimes(
         except Exception as exc:  # a model the eager builder cannot rebuild, a provider that fails
             skipped[label] = describe_error(exc)
 
-    def served(name: str, artifact: Artifact) -> Callable[[], Runtime]:
-        return lambda: build_runtime(name, artifact, bundle_dir, device, intra_op_threads)
-
     if manifest.architecture:
         attempt("eager", lambda: EagerRuntime(manifest, device=device))
     for name, fmt, what in (("torchscript", "torchscript", "TorchScript"), ("onnxruntime", "onnx", "ONNX")):
         if manifest.artifact(fmt, "fp32") is None:
             skipped[name] = f"the bundle has no {what} artifact"
-    runtime_of = {"torchscript": "torchscript", "onnx": "onnxruntime", "torchscript_tensorrt": "tensorrt"}
-    for artifact in manifest.artifacts:
-        name = runtime_of[artifact.format]
-        attempt(runtime_label(name, artifact.precision), served(name, artifact))
-    return runtimes, skipped
+    loaded, failed = load_every_artifact(
+        manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
+    )
+    return {**runtimes, **loaded}, {**skipped, **failed}
 
 
 def runtime_timings(

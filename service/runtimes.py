@@ -33,7 +33,9 @@ __all__ = [
     "TorchScriptRuntime",
     "build_runtime",
     "choose_runtime",
+    "load_every_artifact",
     "resolve_device",
+    "runtime_label",
     "softmax",
     "warm_up",
 ]
@@ -331,6 +333,41 @@ def build_runtime(
     if name == "torchscript":
         return TorchScriptRuntime(path, device=device, half=device == "cuda", intra_op_threads=threads)
     return TensorRTRuntime(path, precision=artifact.precision, engine=artifact.engine)
+
+
+RUNTIME_OF_FORMAT: dict[str, RuntimeName] = {
+    "torchscript": "torchscript",
+    "onnx": "onnxruntime",
+    "torchscript_tensorrt": "tensorrt",
+}
+
+
+def runtime_label(name: str, precision: str) -> str:
+    """One label per artifact: onnxruntime and onnxruntime-int8, tensorrt-fp16 and tensorrt-int8; the
+    runtime's own precision otherwise (TorchScript serves FP16 on CUDA from the FP32 artifact)."""
+    return name if name != "tensorrt" and precision in ("fp32", "fp16") else f"{name}-{precision}"
+
+
+def load_every_artifact(
+    manifest: Manifest, bundle_dir: Path, *, device: str, intra_op_threads: int | None = None
+) -> tuple[dict[str, Runtime], dict[str, str]]:
+    """Each of the bundle's artifacts loaded as the service would serve it on ``device``, by
+    :func:`runtime_label`, and why each of the others did not load (a missing library, an engine
+    built for another GPU)."""
+    loaded: dict[str, Runtime] = {}
+    failed: dict[str, str] = {}
+    for artifact in manifest.artifacts:
+        name = RUNTIME_OF_FORMAT[artifact.format]
+        label = runtime_label(name, artifact.precision)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                loaded[label] = build_runtime(name, artifact, bundle_dir, device, intra_op_threads)
+        except RuntimeUnavailableError as exc:
+            failed[label] = str(exc)
+        except Exception as exc:  # a provider that fails to create a session, a corrupt file
+            failed[label] = describe_error(exc)
+    return loaded, failed
 
 
 def choose_runtime(

@@ -240,6 +240,51 @@ def export(
 
 
 @app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Option("--bundle", help="The bundle folder models/NAME/VERSION.")],
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run", help="The run it was exported from (default: the manifest's source.run_dir)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="The run's split to score: test, val or train.")] = "test",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda: where every runtime runs.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference call.")] = 64,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this JSON file.")
+    ] = None,
+) -> None:
+    """Score a bundle as it is served: the run's eager model and every artifact of the bundle, each
+    through the runtime the service would load it with, on a split of the run (accuracy, macro F1,
+    top-5, top-1 agreement with the eager model). Shows what INT8 or FP16 costs on the whole test split.
+
+    Example: imgcls evaluate --bundle models/digits/3
+    """
+    import json
+
+    from trainer.evaluate import evaluate_bundle
+    from trainer.manifest import load_manifest
+
+    if split not in ("test", "val", "train"):
+        raise click.BadParameter(f"{split!r} is not a split; use test, val or train", param_hint="--split")
+    if run_dir is None:
+        run_dir = Path(load_manifest(bundle).source.run_dir)
+    result = evaluate_bundle(bundle, run_dir, split=split, device=device, batch_size=batch_size)
+    typer.echo(f"{bundle} on the {result.split} split of {result.run_dir}: {result.samples} images")
+    typer.echo(
+        f"{'runtime':<20} {'precision':<9} {'device':<6} {'accuracy':>8} {'change':>8} {'agreement':>9} {'f1_macro':>8}"
+    )
+    for score in result.scores:
+        typer.echo(
+            f"{score.label:<20} {score.precision:<9} {score.device:<6} {score.metrics['accuracy']:>8.4f} "
+            f"{score.accuracy_change:>+8.4f} {score.agreement_with_eager:>9.4f} {score.metrics['f1_macro']:>8.4f}"
+        )
+    for label, why in result.not_loaded.items():
+        typer.echo(f"{label}: not evaluated: {why}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+@app.command()
 def serve(
     model_repo: Annotated[
         Path | None, typer.Option(help="Model repository: <repo>/<name>/<version>/manifest.json.")

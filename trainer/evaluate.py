@@ -1,0 +1,166 @@
+"""Evaluate a bundle as it is served: every artifact, loaded by the runtime the service would use,
+on a labelled split of the run it was exported from, beside the run's eager model.
+
+This answers what the export's parity check does not: the accuracy of an INT8 or FP16 artifact on
+the whole test split (parity covers at most ``export.reduced_precision_parity_samples`` held-out
+images), on the device it will serve from. Images go through the bundle's own eval transform and
+are decoded once per batch for all artifacts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from trainer.errors import BundleError, ConfigError, ImgclsError
+from trainer.export import load_eager_model
+from trainer.manifest import Manifest, load_manifest, verify_artifacts
+from trainer.report import classification_metrics
+from trainer.rundir import RunDir
+from trainer.transforms import eval_transform, load_image
+
+__all__ = ["ArtifactScore", "BundleEvaluation", "evaluate_bundle"]
+
+SplitName = Literal["train", "val", "test"]
+_SUMMARY_METRICS = ("accuracy", "top5_accuracy", "f1_macro")
+
+
+@dataclass(frozen=True)
+class ArtifactScore:
+    """One runtime's results on the split. ``label`` is ``eager`` or a runtime label
+    (``onnxruntime-int8``, ``tensorrt-fp16``)."""
+
+    label: str
+    precision: str
+    device: str
+    metrics: dict[str, float]  # accuracy, f1_macro, top5_accuracy (more than 5 classes)
+    agreement_with_eager: float  # share of images whose top-1 class matches the eager model's
+    accuracy_change: float  # accuracy minus the eager model's
+
+
+@dataclass(frozen=True)
+class BundleEvaluation:
+    bundle_dir: str
+    run_dir: str
+    split: str
+    samples: int
+    scores: tuple[ArtifactScore, ...]
+    not_loaded: dict[str, str]  # runtime label -> why it could not be loaded here
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_bundle_matches_run(manifest: Manifest, labels: list[str], architecture: str, run: RunDir) -> None:
+    if tuple(labels) != manifest.labels:
+        raise ConfigError(
+            f"{run.path}: its classes {labels[:5]}... differ from the bundle's {list(manifest.labels[:5])}...; "
+            "evaluate a bundle with the run it was exported from (the manifest's source.run_dir)"
+        )
+    if manifest.architecture and manifest.architecture != architecture:
+        raise ConfigError(
+            f"{run.path}: trains {architecture!r}, the bundle holds {manifest.architecture!r}; evaluate a "
+            "bundle with the run it was exported from (the manifest's source.run_dir)"
+        )
+
+
+def _batches(samples: list, manifest: Manifest, batch_size: int, where: Path):
+    transform = eval_transform(manifest.preprocess)
+    color_mode = manifest.preprocess.color_mode
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        try:
+            images = torch.stack([transform(load_image(s.path, color_mode)) for s in chunk])
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the images listed in {where} ({exc}); evaluate where the run's data is"
+            ) from None
+        yield images, np.array([s.label for s in chunk])
+
+
+def _summary(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    # classification_metrics takes logits; log-probabilities rank the classes the same way.
+    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-30, None))
+    metrics = classification_metrics(logits, labels, class_names)
+    return {name: metrics[name] for name in _SUMMARY_METRICS if name in metrics}
+
+
+def evaluate_bundle(
+    bundle_dir: Path,
+    run_dir: Path,
+    *,
+    split: SplitName = "test",
+    device: str = "auto",
+    batch_size: int = 64,
+    intra_op_threads: int | None = None,
+) -> BundleEvaluation:
+    """Score the run's eager model and each artifact of the bundle on ``split`` of the run."""
+    from service.runtimes import load_every_artifact, resolve_device
+
+    bundle_dir, run = Path(bundle_dir), RunDir(Path(run_dir))
+    manifest = load_manifest(bundle_dir)
+    verify_artifacts(bundle_dir, manifest)
+    config = run.read_config()
+    labels = run.read_labels()
+    _check_bundle_matches_run(manifest, labels, config.model.name, run)
+    samples = run.read_splits(labels)[split]
+    if not samples:
+        raise ConfigError(f"{run.split}: the {split} split is empty; choose another --split")
+    device = resolve_device(device)
+    try:
+        eager = load_eager_model(run, config, labels).to(device)
+    except ImgclsError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"{run.best_checkpoint}: the eager model does not load ({exc})") from exc
+    runtimes, not_loaded = load_every_artifact(
+        manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
+    )
+    outputs: dict[str, list[np.ndarray]] = {"eager": [], **{label: [] for label in runtimes}}
+    truth: list[np.ndarray] = []
+    try:
+        for images, batch_labels in _batches(samples, manifest, batch_size, run.split):
+            truth.append(batch_labels)
+            with torch.inference_mode():
+                outputs["eager"].append(torch.softmax(eager(images.to(device)).float(), dim=1).cpu().numpy())
+            host = images.numpy()
+            for label, runtime in runtimes.items():
+                step = min(batch_size, runtime.max_batch_size or batch_size)
+                outputs[label].extend(runtime.infer(host[i : i + step]) for i in range(0, len(host), step))
+    finally:
+        for runtime in runtimes.values():
+            runtime.close()
+    labels_array = np.concatenate(truth)
+    eager_probabilities = np.concatenate(outputs["eager"])
+    eager_top1 = eager_probabilities.argmax(axis=1)
+    eager_accuracy = float((eager_top1 == labels_array).mean())
+    scores = []
+    for label, chunks in outputs.items():
+        probabilities = np.concatenate(chunks)
+        if not np.isfinite(probabilities).all():
+            not_loaded[label] = "produced NaN or infinite outputs"
+            continue
+        summary = _summary(probabilities, labels_array, labels)
+        runtime = runtimes.get(label)
+        scores.append(
+            ArtifactScore(
+                label=label,
+                precision=runtime.precision if runtime else "fp32",
+                device=runtime.device if runtime else device,
+                metrics=summary,
+                agreement_with_eager=float((probabilities.argmax(axis=1) == eager_top1).mean()),
+                accuracy_change=summary["accuracy"] - eager_accuracy,
+            )
+        )
+    return BundleEvaluation(
+        bundle_dir=str(bundle_dir),
+        run_dir=str(run.path),
+        split=split,
+        samples=len(labels_array),
+        scores=tuple(scores),
+        not_loaded=not_loaded,
+    )
