@@ -8,10 +8,15 @@ picks the images, and writes the result folders.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
+
+from trainer.errors import describe_error
+
+if TYPE_CHECKING:
+    from trainer.manifest import Manifest
 
 __all__ = ["bench_app"]
 
@@ -22,6 +27,10 @@ bench_app = typer.Typer(
 
 _IMAGES_HELP = "A folder of images to cycle through."
 _JPEG_HELP = "Synthetic photo-like JPEGs of this size instead, e.g. 320x240."
+_PROTOCOL_HELP = (
+    "v1, v1-multipart, v2, v2-binary (image bytes) or v2-pixels (the images as preprocessed FP32 "
+    "tensors in binary: no decoding on the server)."
+)
 
 
 def _bench_images(images: Path | None, jpeg: str | None, default: str) -> tuple[list[bytes], str]:
@@ -63,7 +72,7 @@ def bench_load(
         str, typer.Option(help="The service's base URL (any imgcls, local or remote).")
     ] = "http://127.0.0.1:8000",
     model: Annotated[str, typer.Option(help="Model name.")] = "digits",
-    protocol: Annotated[str, typer.Option(help="v1, v1-multipart, v2 or v2-binary.")] = "v1",
+    protocol: Annotated[str, typer.Option(help=_PROTOCOL_HELP)] = "v1",
     concurrency: Annotated[
         str, typer.Option(help="Closed loop: comma-separated client counts, e.g. 1,8,32.")
     ] = "1,8,32",
@@ -81,14 +90,32 @@ def bench_load(
     """Load-test an imgcls URL (closed or open loop); write JSON, Markdown and a latency plot."""
     from datetime import date
 
-    from benchmarks.load import PROTOCOLS, build_payloads, run, run_closed_loop, run_open_loop, write_report
+    from benchmarks.load import (
+        PROTOCOLS,
+        build_payloads,
+        model_input_shape,
+        run,
+        run_closed_loop,
+        run_open_loop,
+        write_report,
+    )
     from benchmarks.machine import machine, result_folder
 
     if protocol not in PROTOCOLS:
         raise click.BadParameter(f"{protocol!r}; valid: {', '.join(PROTOCOLS)}", param_hint="--protocol")
     steps = _int_list(concurrency, "--concurrency")
     pictures, described = _bench_images(images, jpeg, "digits")
-    payloads = build_payloads(protocol, model, pictures, images_per_request)
+    pixel_shape = None
+    if protocol == "v2-pixels":
+        try:
+            pixel_shape = model_input_shape(url, model)
+        except Exception as exc:  # connection refused, 404 for an unknown model, no pixels input
+            raise click.UsageError(
+                f"v2-pixels needs the model's input shape from {url}/v2/models/{model}: {describe_error(exc)}; "
+                "start the server first and check --url and --model"
+            ) from None
+        pictures, described = _as_pixels(pictures, described, pixel_shape)
+    payloads = build_payloads(protocol, model, pictures, images_per_request, pixel_shape=pixel_shape)
     results = []
     if rate is not None:
         results.append(run(run_open_loop(url, payloads, rate, warmup, duration)))
@@ -167,8 +194,9 @@ def bench_runtimes_command(
     typer.echo(f"wrote {folder}")
 
 
-def _single_model_repo(bundle: Path) -> tuple[Path, str]:
-    """A temporary model repository holding only ``bundle`` (a link), so a started server loads nothing else."""
+def _single_model_repo(bundle: Path) -> tuple[Path, Manifest]:
+    """A temporary model repository holding only ``bundle`` (a link), so a started server loads nothing
+    else; and the bundle's manifest."""
     import atexit
     import shutil
     import tempfile
@@ -180,16 +208,28 @@ def _single_model_repo(bundle: Path) -> tuple[Path, str]:
     atexit.register(shutil.rmtree, repo, ignore_errors=True)  # the link only: the bundle stays
     (repo / manifest.name).mkdir()
     (repo / manifest.name / str(manifest.version)).symlink_to(bundle.resolve(), target_is_directory=True)
-    return repo, manifest.name
+    return repo, manifest
 
 
-def _server_payloads(protocol: str, model: str, images: Path | None, jpeg: str | None):
+def _as_pixels(pictures: list[bytes], described: str, shape: tuple[int, int, int]) -> tuple[list[bytes], str]:
+    from benchmarks.images import pixel_tensors
+
+    channels, height, width = shape
+    return pixel_tensors(pictures, shape), f"{described}, sent as FP32 pixels {channels}x{height}x{width}"
+
+
+def _server_payloads(
+    protocol: str, model: str, images: Path | None, jpeg: str | None, input_shape: tuple[int, int, int]
+):
     from benchmarks.load import PROTOCOLS, build_payloads
 
     if protocol not in PROTOCOLS:
         raise click.BadParameter(f"{protocol!r}; valid: {', '.join(PROTOCOLS)}", param_hint="--protocol")
     pictures, described = _bench_images(images, jpeg, "320x240")
-    return build_payloads(protocol, model, pictures, 1), pictures, described
+    if protocol == "v2-pixels":
+        pictures, described = _as_pixels(pictures, described, input_shape)
+    payloads = build_payloads(protocol, model, pictures, 1, pixel_shape=input_shape)
+    return payloads, pictures, described
 
 
 @bench_app.command("batching")
@@ -203,7 +243,7 @@ def bench_batching(
         ),
     ] = "1,8@5,32@0,32@5,32@5fixed",
     concurrency: Annotated[int, typer.Option(help="Closed-loop clients.")] = 32,
-    protocol: Annotated[str, typer.Option(help="v1, v1-multipart, v2 or v2-binary.")] = "v1",
+    protocol: Annotated[str, typer.Option(help=_PROTOCOL_HELP)] = "v1",
     duration: Annotated[float, typer.Option(help="Seconds measured per setting.")] = 15.0,
     warmup: Annotated[float, typer.Option(help="Seconds of load before measuring.")] = 3.0,
     images: Annotated[Path | None, typer.Option(help=_IMAGES_HELP)] = None,
@@ -222,8 +262,9 @@ def bench_batching(
         chosen = parse_settings(settings)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--settings") from None
-    repo, model = _single_model_repo(bundle)
-    payloads, _, described = _server_payloads(protocol, model, images, jpeg)
+    repo, manifest = _single_model_repo(bundle)
+    model = manifest.name
+    payloads, _, described = _server_payloads(protocol, model, images, jpeg, manifest.input.shape)
     rows = []
     for setting in chosen:
         row = run_setting(
@@ -295,8 +336,9 @@ def bench_compare(
     from service.settings import Settings
 
     steps = _int_list(concurrency, "--concurrency")
-    repo, model = _single_model_repo(bundle)
-    payloads, pictures, described = _server_payloads("v1", model, images, jpeg)
+    repo, manifest = _single_model_repo(bundle)
+    model = manifest.name
+    payloads, pictures, described = _server_payloads("v1", model, images, jpeg, manifest.input.shape)
     reference: dict = {}
     if ceiling:
         from benchmarks.runtimes import measure_ceiling
@@ -377,4 +419,65 @@ def bench_compare(
         ),
         outro=[f"Not run: {label}: {reason}." for label, reason in skipped.items()],
     )
+    typer.echo(f"wrote {folder}")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    bundle: Annotated[Path, typer.Option(help="Bundle folder models/NAME/VERSION.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_sizes: Annotated[
+        str, typer.Option(help="In-process batch sizes; the best one becomes the server's max batch.")
+    ] = "1,8,32,64",
+    seconds: Annotated[float, typer.Option(help="Seconds timed per runtime and batch size.")] = 2.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop HTTP clients.")] = 64,
+    images_per_request: Annotated[int, typer.Option(min=1, help="Images in each request.")] = 1,
+    duration: Annotated[float, typer.Option(help="Seconds measured per input kind.")] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Seconds of load before measuring.")] = 3.0,
+    decode_threads: Annotated[
+        int | None, typer.Option(min=1, help="The server's decode threads (default: as `imgcls serve`).")
+    ] = None,
+    intra_op_threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Runtime threads, in-process and served (default: as `imgcls serve`)."),
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help=_IMAGES_HELP)] = None,
+    jpeg: Annotated[str | None, typer.Option(help=_JPEG_HELP + " Default: 320x240.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Result folder suffix (default: pipeline-MODEL-DEVICE).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where results go.")] = Path("benchmarks/results"),
+) -> None:
+    """The serving pipeline against its runtime: the served runtime's best in-process images/s and its
+    speed-up over eager FP32, then `imgcls serve` over HTTP with preprocessed FP32 pixels (serving
+    overhead alone) and with JPEG bytes, each with how busy the decode threads and the runtime were and
+    which stage bounds throughput."""
+    from datetime import date
+
+    from benchmarks.machine import machine, result_folder
+    from benchmarks.pipeline import run_pipeline, write_pipeline_report
+    from service.runtimes import resolve_device
+    from service.settings import default_decode_threads, default_intra_op_threads
+
+    decode_threads = decode_threads or default_decode_threads()
+    repo, manifest = _single_model_repo(bundle)
+    pictures, described = _bench_images(images, jpeg, "320x240")
+    device = resolve_device(device)
+    document = run_pipeline(
+        bundle,
+        repo,
+        pictures,
+        device=device,
+        batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+        seconds=seconds,
+        concurrency=concurrency,
+        images_per_request=images_per_request,
+        warmup_s=warmup,
+        duration_s=duration,
+        decode_threads=decode_threads,
+        intra_op_threads=intra_op_threads or default_intra_op_threads(decode_threads),
+        log=typer.echo,
+    )
+    document = {"date": date.today().isoformat(), "machine": machine(), "images": described, **document}
+    folder = write_pipeline_report(document, result_folder(out, name or f"pipeline-{manifest.name}-{device}"))
     typer.echo(f"wrote {folder}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["digits_images", "folder_images", "parse_size", "synthetic_jpegs"]
+__all__ = ["digits_images", "folder_images", "parse_size", "pixel_tensors", "synthetic_jpegs"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
@@ -63,6 +63,25 @@ def synthetic_jpegs(count: int = 16, width: int = 320, height: int = 240, qualit
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=quality)
         out.append(buffer.getvalue())
+    return out
+
+
+def pixel_tensors(images: list[bytes], shape: tuple[int, int, int]) -> list[bytes]:
+    """Each image decoded, resized to the model's ``(channels, height, width)`` and scaled to [0, 1],
+    as little-endian FP32 bytes in CHW order: the body of an OIP ``pixels`` tensor.
+
+    For speed tests of the inference path without server-side decoding; the model's own resize,
+    crop and mean/std are not applied, so the predictions are not meaningful.
+    """
+    from PIL import Image
+
+    channels, height, width = shape
+    out = []
+    for data in images:
+        with Image.open(io.BytesIO(data)) as image:
+            resized = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+        array = np.asarray(resized, dtype="<f4").reshape(height, width, channels) / np.float32(255)
+        out.append(np.ascontiguousarray(array.transpose(2, 0, 1), dtype="<f4").tobytes())
     return out
 
 

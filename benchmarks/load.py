@@ -17,6 +17,7 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,15 +29,18 @@ __all__ = [
     "Payload",
     "RunResult",
     "build_payloads",
+    "model_input_shape",
     "run",
     "run_closed_loop",
     "run_open_loop",
     "write_report",
 ]
 
-PROTOCOLS = ("v1", "v1-multipart", "v2", "v2-binary")
+# v2-pixels: preprocessed FP32 tensors in binary form, so the server neither decodes nor transforms
+PROTOCOLS = ("v1", "v1-multipart", "v2", "v2-binary", "v2-pixels")
 _BOUNDARY = "imgcls-bench-boundary"
 REQUEST_TIMEOUT_S = 60.0
+WindowHooks = tuple[Callable[[], None], Callable[[], None]]  # called as the measured window opens, closes
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,32 @@ class RunResult:
         return data
 
 
-def _payload(protocol: str, model: str, images: list[bytes]) -> Payload:
+def _v2_binary(model: str, name: str, datatype: str, shape: list[int], raw: bytes, images: int) -> Payload:
+    """An OIP request with one input and the probabilities asked back, both in binary form."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": shape,
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return Payload(
+        f"/v2/models/{model}/infer",
+        header + raw,
+        {"inference-header-content-length": str(len(header))},
+        images,
+    )
+
+
+def _payload(
+    protocol: str, model: str, images: list[bytes], pixel_shape: tuple[int, int, int] | None = None
+) -> Payload:
     if protocol == "v1":
         body = {"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
         return Payload(
@@ -123,37 +152,50 @@ def _payload(protocol: str, model: str, images: list[bytes]) -> Payload:
     if protocol == "v2-binary":
         from service.v2_codec import serialize_bytes
 
-        raw = serialize_bytes(images)
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "image",
-                        "shape": [len(images)],
-                        "datatype": "BYTES",
-                        "parameters": {"binary_data_size": len(raw)},
-                    }
-                ],
-                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-            }
-        ).encode()
-        return Payload(
-            f"/v2/models/{model}/infer",
-            header + raw,
-            {"inference-header-content-length": str(len(header))},
-            len(images),
-        )
+        return _v2_binary(model, "image", "BYTES", [len(images)], serialize_bytes(images), len(images))
+    if protocol == "v2-pixels":
+        if pixel_shape is None:
+            raise ValueError("v2-pixels needs the model's input shape (channels, height, width)")
+        # each image is already FP32 CHW bytes (benchmarks.images.pixel_tensors)
+        return _v2_binary(model, "pixels", "FP32", [len(images), *pixel_shape], b"".join(images), len(images))
     raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
 
 
 def build_payloads(
-    protocol: str, model: str, images: list[bytes], per_request: int, count: int = 32
+    protocol: str,
+    model: str,
+    images: list[bytes],
+    per_request: int,
+    count: int = 32,
+    pixel_shape: tuple[int, int, int] | None = None,
 ) -> list[Payload]:
-    """``count`` request bodies, ``per_request`` images each, cycling through ``images``; encoded once."""
+    """``count`` request bodies, ``per_request`` images each, cycling through ``images``; encoded once.
+
+    ``v2-pixels`` takes the images as :func:`benchmarks.images.pixel_tensors` made them, and the
+    model's input shape.
+    """
     return [
-        _payload(protocol, model, [images[(i * per_request + j) % len(images)] for j in range(per_request)])
+        _payload(
+            protocol,
+            model,
+            [images[(i * per_request + j) % len(images)] for j in range(per_request)],
+            pixel_shape,
+        )
         for i in range(count)
     ]
+
+
+def model_input_shape(url: str, model: str) -> tuple[int, int, int]:
+    """The ``pixels`` input's (channels, height, width) from the server's OIP model metadata."""
+    import httpx
+
+    response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}", timeout=30.0)
+    response.raise_for_status()
+    for tensor in response.json()["inputs"]:
+        if tensor["name"] == "pixels":
+            channels, height, width = tensor["shape"][1:]
+            return int(channels), int(height), int(width)
+    raise ValueError(f"{url}: model {model!r} declares no 'pixels' input")
 
 
 def _well_formed(response: HttpResponse, payload: Payload) -> bool:
@@ -203,13 +245,19 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _measure(recorder: _Recorder, warmup_s: float, duration_s: float, load) -> RunResult:
+async def _measure(
+    recorder: _Recorder, warmup_s: float, duration_s: float, load, window_hooks: WindowHooks | None
+) -> RunResult:
     stop = asyncio.Event()
     task = asyncio.create_task(load(stop))
     await asyncio.sleep(warmup_s)
     started, cpu = time.perf_counter(), _cpu()
     recorder.window = (started, started + duration_s)
+    if window_hooks:
+        await asyncio.to_thread(window_hooks[0])
     await asyncio.sleep(duration_s)
+    if window_hooks:
+        await asyncio.to_thread(window_hooks[1])
     stop.set()  # no new requests; the ones in flight finish and are counted
     await asyncio.wait_for(task, timeout=120)
     recorder.result.seconds = duration_s
@@ -218,8 +266,17 @@ async def _measure(recorder: _Recorder, warmup_s: float, duration_s: float, load
 
 
 async def run_closed_loop(
-    url: str, payloads: list[Payload], concurrency: int, warmup_s: float, duration_s: float
+    url: str,
+    payloads: list[Payload],
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    window_hooks: WindowHooks | None = None,
 ) -> RunResult:
+    """``concurrency`` clients, each sending its next request when the last one answers.
+
+    ``window_hooks`` (called in a thread, under load) run as the measured window opens and closes:
+    ``bench pipeline`` scrapes the server's metrics there."""
     recorder = _Recorder(f"concurrency={concurrency}")
     target = Target.parse(url)
     raws = [encode_request(target, p.path, p.content, p.headers) for p in payloads]
@@ -240,7 +297,7 @@ async def run_closed_loop(
     async def load(stop: asyncio.Event) -> None:
         await asyncio.gather(*(client(i, stop) for i in range(concurrency)))
 
-    return await _measure(recorder, warmup_s, duration_s, load)
+    return await _measure(recorder, warmup_s, duration_s, load, window_hooks)
 
 
 async def run_open_loop(
@@ -276,7 +333,7 @@ async def run_open_loop(
         for connection in idle:
             connection.close()
 
-    return await _measure(recorder, warmup_s, duration_s, load)
+    return await _measure(recorder, warmup_s, duration_s, load, None)
 
 
 def run(coroutine):

@@ -57,7 +57,7 @@ class BatchStats:
 
     size: int
     queue_seconds: list[float]
-    run_seconds: float
+    run_seconds: float  # from handing the batch to the runner to delivering its results
 
 
 @dataclass(eq=False)

@@ -170,7 +170,6 @@ class ServiceMetrics:
     def batch(self, worker, stats: BatchStats) -> None:
         labels = (worker.name, str(worker.version))
         self.batch_size.labels(*labels).observe(stats.size)
-        self.inference_duration.labels(*labels).observe(stats.run_seconds)
         queue = self.queue_duration.labels(*labels)
         for seconds in stats.queue_seconds:
             queue.observe(seconds)
@@ -178,6 +177,9 @@ class ServiceMetrics:
 
     def preprocessed(self, worker, seconds: float) -> None:
         self.preprocess_duration.labels(worker.name, str(worker.version)).observe(seconds)
+
+    def computed(self, worker, seconds: float) -> None:
+        self.inference_duration.labels(worker.name, str(worker.version)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -61,7 +61,8 @@ class ModelWorker:
         self._device_preprocess: DevicePreprocessor | None = None
         self._device_executor: ThreadPoolExecutor | None = None
         self._fallback_logged = False
-        # Observers (metrics): objects with batch(worker, BatchStats) and preprocessed(worker, seconds).
+        # Observers (metrics): objects with batch(worker, BatchStats), preprocessed(worker, seconds) and
+        # computed(worker, seconds); the last two are called from the decode and inference threads.
         self.observers: list = []
 
     @property
@@ -202,11 +203,25 @@ class ModelWorker:
             )
         return probabilities
 
+    def _computed(self, started: float) -> None:
+        # Timed here, in the inference thread: the batcher's own clock would also count the hand-off
+        # to this thread and the event loop's delay in taking the result back.
+        seconds = time.perf_counter() - started
+        for observer in self.observers:
+            observer.computed(self, seconds)
+
     def _infer(self, payloads: list[np.ndarray]) -> np.ndarray:
-        return self._check_finite(self.runtime.infer(np.stack(payloads)))  # stacking too stays off the loop
+        batch = np.stack(payloads)  # stacking too stays off the loop
+        started = time.perf_counter()
+        probabilities = self.runtime.infer(batch)
+        self._computed(started)
+        return self._check_finite(probabilities)
 
     def _infer_tensor(self, batch, rows: np.ndarray) -> np.ndarray:
-        return self._check_finite(self.runtime.infer_tensor(batch), rows)
+        started = time.perf_counter()
+        probabilities = self.runtime.infer_tensor(batch)
+        self._computed(started)
+        return self._check_finite(probabilities, rows)
 
     def _preprocess_on_device(self, payloads: list):
         started = time.perf_counter()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
+import time
 
 import httpx
 import numpy as np
@@ -30,6 +32,24 @@ def _value(samples: dict, name: str, **labels) -> float:
 
 def _instances(*images: bytes) -> dict:
     return {"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
+
+
+def test_inference_duration_is_the_runtimes_own_time_not_the_wait_for_the_event_loop(client, monkeypatch):
+    loop = client.portal.call(asyncio.get_running_loop)
+    runtime = client.app.state.registry.get("tiny").runtime
+    original = runtime.infer
+
+    def slow_infer_on_a_busy_loop(batch):
+        loop.call_soon_threadsafe(time.sleep, 0.3)  # the event loop takes the result back 0.3 s late
+        time.sleep(0.05)
+        return original(batch)
+
+    monkeypatch.setattr(runtime, "infer", slow_infer_on_a_busy_loop)
+    assert client.post("/v1/models/tiny:predict", json=_instances(class_image(0))).status_code == 200
+    samples = _samples(client.get("/metrics").text)
+    model = {"model": "tiny", "version": "1"}
+    assert _value(samples, "imgcls_request_duration_seconds_sum", **model, protocol="v1") >= 0.3
+    assert 0.05 <= _value(samples, "imgcls_inference_duration_seconds_sum", **model) < 0.25
 
 
 def test_traffic_shows_up_in_every_metric(client):

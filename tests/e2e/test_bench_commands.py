@@ -113,3 +113,36 @@ def test_bench_commands_reject_bad_options_with_exit_2(tiny_bundle, tmp_path: Pa
     assert code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_pipeline_measures_the_served_runtime_then_http_with_pixels_and_with_jpeg(
+    tiny_bundle, tmp_path: Path, capsys
+):
+    bundle, _ = tiny_bundle
+    code = main(
+        ["bench", "pipeline", "--bundle", str(bundle), "--device", "cpu", "--batch-sizes", "1,4",
+         "--seconds", "0.05", "--concurrency", "4", "--duration", "0.8", "--warmup", "0.3",
+         "--decode-threads", "1", "--jpeg", "64x48", "--out", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    folder = _only_folder(tmp_path)
+    assert folder.name.endswith("pipeline-tiny-cpu")
+    document = json.loads((folder / "results.json").read_text())
+    assert document["reference_runtime"] == "onnxruntime"  # what `imgcls serve` picks on CPU
+    assert document["in_process_best"]["runtime"] == "onnxruntime"
+    best_eager = document["eager_fp32_best"]
+    assert document["speedup_over_eager_fp32"] == pytest.approx(
+        document["in_process_best"]["images_per_s"] / best_eager["images_per_s"], rel=0.01
+    )
+    assert document["settings"]["max_batch_size"] == document["in_process_best"]["batch_size"]
+    pixels, jpeg = document["served"]
+    assert pixels["input"].startswith("v2 binary pixels") and jpeg["input"] == "v2 binary JPEG"
+    for row in (pixels, jpeg):
+        assert set(row) >= LOAD_KEYS | {"decode_busy", "runtime_busy", "server_cpu_cores", "bound"}
+        assert row["requests"] > 0 and row["errors"] == {}
+        assert row["share_of_in_process"] > 0 and row["bound"] in ("decode", "runtime", "http")
+        assert 0 < row["runtime_busy"] <= 1.05
+    assert pixels["decode_busy"] == 0  # the server decoded nothing
+    assert jpeg["decode_busy"] > 0
+    assert "| v2 binary JPEG |" in (folder / "results.md").read_text()

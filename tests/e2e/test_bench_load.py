@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmarks.images import digits_images
+from benchmarks.images import digits_images, pixel_tensors
 from benchmarks.load import PROTOCOLS, build_payloads
 from service.v2_codec import parse_infer_request
 from trainer.cli import main
@@ -19,6 +20,34 @@ def test_v2_binary_payloads_parse_back_to_the_images():
     parsed = parse_infer_request(payload.content, int(payload.headers["inference-header-content-length"]))
     assert parsed.inputs[0].data == images
     assert parsed.outputs[0].binary is True
+
+
+def test_v2_pixels_payloads_are_the_images_as_fp32_tensors_of_the_models_input_shape():
+    images = digits_images(2)
+    pixels = pixel_tensors(images, (3, 10, 12))
+    (payload,) = build_payloads(
+        "v2-pixels", "digits", pixels, per_request=2, count=1, pixel_shape=(3, 10, 12)
+    )
+    parsed = parse_infer_request(payload.content, int(payload.headers["inference-header-content-length"]))
+    tensor = parsed.inputs[0]
+    assert (tensor.name, tensor.datatype, tensor.shape) == ("pixels", "FP32", [2, 3, 10, 12])
+    data = np.asarray(tensor.data)
+    assert data.min() >= 0.0 and data.max() <= 1.0 and data.max() > 0.5  # scaled, not blank
+    np.testing.assert_array_equal(data[:, 0], data[:, 2])  # grey digits: every channel the same
+    gray = pixel_tensors(images, (1, 8, 8))[0]
+    assert len(gray) == 8 * 8 * 4
+
+
+def test_v2_pixels_against_a_model_the_server_does_not_have_exits_2_naming_the_url(
+    server_url: str, tmp_path: Path, capsys
+):
+    code = main(
+        ["bench", "load", "--url", f"http://{server_url}", "--model", "missing", "--protocol", "v2-pixels",
+         "--concurrency", "1", "--duration", "0.3", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 2
+    assert f"http://{server_url}/v2/models/missing" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

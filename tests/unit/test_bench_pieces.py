@@ -11,6 +11,7 @@ import pytest
 from benchmarks.batching import BatchingSetting, mean_batch_size, parse_settings
 from benchmarks.http1 import Connection, Target, encode_request
 from benchmarks.images import parse_size, synthetic_jpegs
+from benchmarks.pipeline import bounding_stage, stage_busy
 from benchmarks.runtimes import Timing
 from benchmarks.stats import percentile, poisson_arrivals
 from service.batcher import doubling_batch_sizes
@@ -164,3 +165,25 @@ def test_the_client_reads_sized_and_chunked_bodies_and_reconnects_after_close():
         (200, b"new"),
     ]
     assert received == [b"body"] * 4
+
+
+def _scrape(preprocess: float, inference: float, cpu: float) -> str:
+    return (
+        f'imgcls_preprocess_duration_seconds_sum{{model="m",version="1"}} {preprocess}\n'
+        f'imgcls_inference_duration_seconds_sum{{model="m",version="1"}} {inference}\n'
+        f'imgcls_inference_duration_seconds_sum{{model="n",version="2"}} 1.0\n'
+        f"process_cpu_seconds_total {cpu}\n"
+    )
+
+
+def test_stage_busy_is_each_stages_share_of_the_window_summed_over_models():
+    busy = stage_busy(_scrape(1.0, 2.0, 10.0), _scrape(8.0, 6.5, 25.0), seconds=5.0, decode_threads=2)
+    assert busy == {"decode_busy": 0.7, "runtime_busy": 0.9, "server_cpu_cores": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("decode", "runtime", "bound"),
+    [(0.99, 0.2, "decode"), (0.3, 0.9, "runtime"), (0.9, 0.95, "runtime"), (0.6, 0.5, "http")],
+)
+def test_the_bounding_stage_is_the_busier_saturated_one_else_http(decode, runtime, bound):
+    assert bounding_stage({"decode_busy": decode, "runtime_busy": runtime}) == bound
