@@ -23,10 +23,11 @@ COPY trainer ./trainer
 COPY service ./service
 COPY benchmarks ./benchmarks
 # The GPU image keeps NGC's own torch, torchvision and torch-tensorrt, so it installs pyproject's
-# dependencies and its tensorrt extra (nvidia-modelopt, for INT8/FP8 engines) minus those three:
-# written out here from pyproject.toml, never copied by hand.
+# dependencies minus torch and torchvision, and the tensorrt extra minus torch-tensorrt
+# (nvidia-modelopt, for INT8/FP8 engines): written out here from pyproject.toml, never copied by hand.
 RUN pip wheel --no-deps --wheel-dir /dist . \
-    && python -c "import re, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = project['dependencies'] + project['optional-dependencies']['tensorrt']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] not in ('torch', 'torchvision', 'torch-tensorrt')))" > /dist/requirements-not-torch.txt
+    && python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] not in ('torch', 'torchvision')))" > /dist/requirements-not-torch.txt \
+    && python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['tensorrt']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] != 'torch-tensorrt'))" > /dist/requirements-tensorrt.txt
 
 # ---- cpu-build: a virtual environment with CPU torch wheels and imgcls --------------------------
 FROM python:3.11-slim-bookworm AS cpu-build
@@ -79,12 +80,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Never `pip install torch` here: NGC's torch, torchvision and torch-tensorrt are built against each
 # other and pinned by the image's constraints file (PIP_CONSTRAINT). pyproject pins PyPI's
 # torch==2.14.1, which NGC's build does not satisfy, so imgcls goes in with --no-deps and its other
-# dependencies from the list the wheel stage wrote (they resolve under NGC's constraints).
+# dependencies from the list the wheel stage wrote. nvidia-modelopt is installed only when NGC's
+# image lacks it, so its requirements never have to resolve against NGC's pins needlessly.
 # --ignore-requires-python: NGC's Python is 3.12, outside
 # pyproject's requires-python (3.11 only).
 RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
     pip install -r /dist/requirements-not-torch.txt \
     && pip install --no-deps --ignore-requires-python /dist/imgcls-*.whl \
+    && (python -c "import modelopt.torch.quantization" 2>/dev/null || pip install -r /dist/requirements-tensorrt.txt) \
     && imgcls --help >/dev/null
 COPY configs /work/configs
 RUN useradd --create-home --uid 10001 --user-group imgcls \

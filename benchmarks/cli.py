@@ -429,11 +429,11 @@ def bench_pipeline(
     batch_sizes: Annotated[
         str, typer.Option(help="In-process batch sizes; the best one becomes the server's max batch.")
     ] = "1,8,32,64",
-    seconds: Annotated[float, typer.Option(help="Seconds timed per runtime and batch size.")] = 2.0,
+    seconds: Annotated[float, typer.Option(min=0.01, help="Seconds timed per runtime and batch size.")] = 2.0,
     concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop HTTP clients.")] = 64,
     images_per_request: Annotated[int, typer.Option(min=1, help="Images in each request.")] = 1,
-    duration: Annotated[float, typer.Option(help="Seconds measured per input kind.")] = 10.0,
-    warmup: Annotated[float, typer.Option(help="Seconds of load before measuring.")] = 3.0,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds measured per input kind.")] = 10.0,
+    warmup: Annotated[float, typer.Option(min=0.0, help="Seconds of load before measuring.")] = 3.0,
     decode_threads: Annotated[
         int | None, typer.Option(min=1, help="The server's decode threads (default: as `imgcls serve`).")
     ] = None,
@@ -455,29 +455,34 @@ def bench_pipeline(
     from datetime import date
 
     from benchmarks.machine import machine, result_folder
-    from benchmarks.pipeline import run_pipeline, write_pipeline_report
+    from benchmarks.pipeline import BatchSizeError, run_pipeline, write_pipeline_report
     from service.runtimes import resolve_device
     from service.settings import default_decode_threads, default_intra_op_threads
 
     decode_threads = decode_threads or default_decode_threads()
+    if device not in ("auto", "cpu", "cuda"):
+        raise click.BadParameter(f"{device!r}; use auto, cpu or cuda", param_hint="--device")
     repo, manifest = _single_model_repo(bundle)
     pictures, described = _bench_images(images, jpeg, "320x240")
     device = resolve_device(device)
-    document = run_pipeline(
-        bundle,
-        repo,
-        pictures,
-        device=device,
-        batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
-        seconds=seconds,
-        concurrency=concurrency,
-        images_per_request=images_per_request,
-        warmup_s=warmup,
-        duration_s=duration,
-        decode_threads=decode_threads,
-        intra_op_threads=intra_op_threads or default_intra_op_threads(decode_threads),
-        log=typer.echo,
-    )
+    try:
+        document = run_pipeline(
+            bundle,
+            repo,
+            pictures,
+            device=device,
+            batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+            seconds=seconds,
+            concurrency=concurrency,
+            images_per_request=images_per_request,
+            warmup_s=warmup,
+            duration_s=duration,
+            decode_threads=decode_threads,
+            intra_op_threads=intra_op_threads or default_intra_op_threads(decode_threads),
+            log=typer.echo,
+        )
+    except BatchSizeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--batch-sizes") from None
     document = {"date": date.today().isoformat(), "machine": machine(), "images": described, **document}
     folder = write_pipeline_report(document, result_folder(out, name or f"pipeline-{manifest.name}-{device}"))
     typer.echo(f"wrote {folder}")

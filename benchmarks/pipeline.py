@@ -16,8 +16,9 @@ Three measurements of one bundle on one device:
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,46 +27,84 @@ from benchmarks.load import build_payloads, run, run_closed_loop
 from benchmarks.runtimes import available_runtimes, runtime_timings
 from benchmarks.servers import free_port, imgcls_server, running
 
-__all__ = ["SATURATED", "bounding_stage", "run_pipeline", "stage_busy", "write_pipeline_report"]
+__all__ = [
+    "SATURATED",
+    "BatchSizeError",
+    "Scrape",
+    "bounding_stage",
+    "parse_scrape",
+    "run_pipeline",
+    "stage_busy",
+    "write_pipeline_report",
+]
+
+
+class BatchSizeError(ValueError):
+    """No requested batch size fits the served runtime (a TensorRT engine's largest batch)."""
+
 
 # A stage busy this share of the time or more is saturated: it is what limits throughput.
 SATURATED = 0.85
 
-_SUM_LINE = re.compile(
-    r"^(imgcls_preprocess_duration_seconds_sum|imgcls_inference_duration_seconds_sum|"
-    r"process_cpu_seconds_total)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$",
-    re.MULTILINE,
-)
+_SECONDS_SUMS = {
+    "imgcls_preprocess_duration_seconds": "decode",  # per image, on the decode threads
+    "imgcls_device_preprocess_duration_seconds": "device_decode",  # per batch, on the device thread
+    "imgcls_inference_duration_seconds": "runtime",  # per batch, on the inference thread
+}
 
 
-def _sums(metrics_text: str) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for name, value in _SUM_LINE.findall(metrics_text):
-        totals[name] = totals.get(name, 0.0) + float(value)
-    return totals
+@dataclass(frozen=True)
+class Scrape:
+    """One /metrics scrape of one model: seconds spent per stage so far, the server's CPU seconds,
+    and what it serves the model with."""
+
+    at: float  # time.perf_counter() when taken
+    stage_seconds: dict[str, float]
+    cpu_seconds: float
+    runtime: str | None  # runtime_label of imgcls_model_info, e.g. "torchscript", "tensorrt-int8"
 
 
-def stage_busy(before: str, after: str, seconds: float, decode_threads: int) -> dict[str, float]:
-    """From two /metrics scrapes ``seconds`` apart: the share of time the decode threads were
-    preprocessing (all threads together), the runtime was computing, and the server's CPU use in cores."""
-    start, end = _sums(before), _sums(after)
+def parse_scrape(metrics_text: str, model: str, at: float) -> Scrape:
+    from prometheus_client.parser import text_string_to_metric_families
 
-    def delta(name: str) -> float:
-        return end.get(name, 0.0) - start.get(name, 0.0)
+    from service.runtimes import runtime_label
+
+    stages = dict.fromkeys(_SECONDS_SUMS.values(), 0.0)
+    cpu, runtime = 0.0, None
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "process_cpu_seconds_total":
+                cpu = sample.value
+            elif sample.labels.get("model") != model:
+                continue
+            elif sample.name.endswith("_sum") and sample.name[: -len("_sum")] in _SECONDS_SUMS:
+                stages[_SECONDS_SUMS[sample.name[: -len("_sum")]]] += sample.value
+            elif sample.name == "imgcls_model_info" and sample.value == 1:
+                runtime = runtime_label(sample.labels["runtime"], sample.labels["precision"])
+    return Scrape(at, stages, cpu, runtime)
+
+
+def stage_busy(before: Scrape, after: Scrape, decode_threads: int) -> dict[str, float]:
+    """The share of the time between two scrapes that each stage was occupied: the decode threads
+    (together), the device decoding thread and the inference thread; and the server's CPU use in cores."""
+    seconds = after.at - before.at
+
+    def busy(stage: str, threads: int = 1) -> float:
+        return round((after.stage_seconds[stage] - before.stage_seconds[stage]) / (seconds * threads), 3)
 
     return {
-        "decode_busy": round(delta("imgcls_preprocess_duration_seconds_sum") / (seconds * decode_threads), 3),
-        "runtime_busy": round(delta("imgcls_inference_duration_seconds_sum") / seconds, 3),
-        "server_cpu_cores": round(delta("process_cpu_seconds_total") / seconds, 2),
+        "decode_busy": busy("decode", decode_threads),
+        "device_decode_busy": busy("device_decode"),
+        "runtime_busy": busy("runtime"),
+        "server_cpu_cores": round((after.cpu_seconds - before.cpu_seconds) / seconds, 2),
     }
 
 
 def bounding_stage(busy: dict[str, float]) -> str:
-    """``decode``, ``runtime``, or ``http`` when neither stage is saturated."""
-    stage, share = max(
-        (("decode", busy["decode_busy"]), ("runtime", busy["runtime_busy"])), key=lambda s: s[1]
-    )
-    return stage if share >= SATURATED else "http"
+    """``decode``, ``device_decode`` or ``runtime``: the busiest stage when it is saturated; else ``http``."""
+    shares = {stage: busy[f"{stage}_busy"] for stage in ("decode", "device_decode", "runtime")}
+    stage = max(shares, key=shares.__getitem__)
+    return stage if shares[stage] >= SATURATED else "http"
 
 
 def _best(rows: list[dict], runtime: str) -> dict | None:
@@ -77,6 +116,8 @@ def _serve(
     model_repo: Path,
     payloads: list,
     *,
+    model: str,
+    reference: str,
     env: dict[str, str],
     concurrency: int,
     warmup_s: float,
@@ -86,17 +127,23 @@ def _serve(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     probe = payloads[0]
-    scrapes: list[str] = []
+    scrapes: list[Scrape] = []
 
     def scrape() -> None:
-        scrapes.append(httpx.get(f"{url}/metrics", timeout=30.0).text)
+        response = httpx.get(f"{url}/metrics", timeout=30.0)
+        response.raise_for_status()  # a 401/404 must not read as an idle server
+        scrapes.append(parse_scrape(response.text, model, time.perf_counter()))
 
     with running(imgcls_server(model_repo, port, env=env), url, probe.path, probe.content, probe.headers):
         result = run(
             run_closed_loop(url, payloads, concurrency, warmup_s, duration_s, window_hooks=(scrape, scrape))
         )
+    if scrapes[1].runtime != reference:
+        raise RuntimeError(
+            f"the server served {model} with {scrapes[1].runtime}, not {reference} as measured in-process"
+        )
     summary = result.summary()
-    busy = stage_busy(scrapes[0], scrapes[1], duration_s, decode_threads)
+    busy = stage_busy(scrapes[0], scrapes[1], decode_threads)
     return {**summary, **busy, "bound": bounding_stage(busy)}
 
 
@@ -132,14 +179,19 @@ def run_pipeline(
         manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
     )
     log(f"in-process on {device}: {', '.join(runtimes)}; the service serves {reference}")
+    if reference not in runtimes:
+        raise RuntimeError(f"{reference} serves here but did not load in-process: {skipped.get(reference)}")
+    limit = runtimes[reference].max_batch_size
+    if limit is not None and min(batch_sizes) > limit:
+        for runtime in runtimes.values():
+            runtime.close()
+        raise BatchSizeError(f"every batch size is above the largest batch of {reference} ({limit})")
     try:
         rows = runtime_timings(runtimes, manifest.input.shape, batch_sizes, seconds)
     finally:
         for runtime in runtimes.values():
             runtime.close()
     best_reference, best_eager = _best(rows, reference), _best(rows, "eager")
-    if best_reference is None:
-        raise RuntimeError(f"the served runtime {reference} did not run in-process: {skipped.get(reference)}")
     in_process = best_reference["images_per_s"]
     log(f"{reference}: best {in_process} images/s at batch {best_reference['batch_size']}")
 
@@ -165,6 +217,8 @@ def run_pipeline(
         row = _serve(
             model_repo,
             payloads,
+            model=manifest.name,
+            reference=reference,
             env=env,
             concurrency=concurrency,
             warmup_s=warmup_s,
@@ -233,19 +287,22 @@ def write_pipeline_report(document: dict, folder: Path) -> Path:
         f"thread(s), {settings['intra_op_threads']} runtime thread(s) here and in-process, "
         f"{settings['duration_s']} s):",
         "",
-        "| input | images/s | share of in-process | p50 ms | p99 ms | decode busy | runtime busy | server CPU cores | bound by |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| input | images/s | share of in-process | p50 ms | p99 ms | decode busy | device decode busy | runtime busy "
+        "| server CPU cores | bound by |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in document["served"]:
         lines.append(
             f"| {row['input']} | {row['images_per_s']:,} | {row['share_of_in_process']:.0%} | {row['p50_ms']} | "
-            f"{row['p99_ms']} | {row['decode_busy']:.0%} | {row['runtime_busy']:.0%} | {row['server_cpu_cores']} | "
+            f"{row['p99_ms']} | {row['decode_busy']:.0%} | {row['device_decode_busy']:.0%} | "
+            f"{row['runtime_busy']:.0%} | {row['server_cpu_cores']} | "
             f"{row['bound']} |"
         )
     lines += [
         "",
-        f"A stage busy {SATURATED:.0%} of the time or more bounds throughput; `http` means neither the decode "
-        "threads nor the runtime were saturated, so the limit is the HTTP layer, the event loop or the client.",
+        f"A stage busy {SATURATED:.0%} of the time or more bounds throughput; `http` means no stage (decode "
+        "threads, the device decoding thread, the inference thread) was saturated, so the limit is the HTTP "
+        "layer, the event loop or the client.",
         "",
         "| runtime | precision | batch | p50 ms | images/s |",
         "|---|---|---:|---:|---:|",

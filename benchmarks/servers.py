@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,12 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _without_imgcls_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment less its IMGCLS_* settings: a measured server runs with the
+    benchmark's settings only, not a pinned runtime, API keys or a metrics port left in the shell."""
+    return {key: value for key, value in environ.items() if not key.startswith("IMGCLS_")}
+
+
 @contextlib.contextmanager
 def running(
     spec: ServerSpec,
@@ -87,7 +93,7 @@ def running(
     with log.open("wb") as sink:
         process = subprocess.Popen(
             spec.command,
-            env={**os.environ, **spec.env},
+            env={**_without_imgcls_settings(os.environ), **spec.env},
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our Ctrl-C stays ours; the server gets a clean SIGTERM

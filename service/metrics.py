@@ -136,7 +136,14 @@ class ServiceMetrics:
         )
         self.preprocess_duration = Histogram(
             "imgcls_preprocess_duration_seconds",
-            "Per image: decode, colour conversion, resize and normalisation.",
+            "Per image decoded on a decode thread: decode, colour conversion, resize and normalisation.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.device_preprocess_duration = Histogram(
+            "imgcls_device_preprocess_duration_seconds",
+            "Per batch: JPEG decoding and preprocessing on the runtime's device (device preprocessing).",
             model,
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -177,6 +184,9 @@ class ServiceMetrics:
 
     def preprocessed(self, worker, seconds: float) -> None:
         self.preprocess_duration.labels(worker.name, str(worker.version)).observe(seconds)
+
+    def preprocessed_on_device(self, worker, seconds: float) -> None:
+        self.device_preprocess_duration.labels(worker.name, str(worker.version)).observe(seconds)
 
     def computed(self, worker, seconds: float) -> None:
         self.inference_duration.labels(worker.name, str(worker.version)).observe(seconds)

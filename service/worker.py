@@ -61,8 +61,9 @@ class ModelWorker:
         self._device_preprocess: DevicePreprocessor | None = None
         self._device_executor: ThreadPoolExecutor | None = None
         self._fallback_logged = False
-        # Observers (metrics): objects with batch(worker, BatchStats), preprocessed(worker, seconds) and
-        # computed(worker, seconds); the last two are called from the decode and inference threads.
+        # Observers (metrics): objects with batch(worker, BatchStats), and preprocessed(worker, seconds)
+        # per image decoded on a decode thread, preprocessed_on_device(worker, seconds) per batch on the
+        # device thread and computed(worker, seconds) per batch on the inference thread.
         self.observers: list = []
 
     @property
@@ -203,12 +204,19 @@ class ModelWorker:
             )
         return probabilities
 
+    def _tell(self, event: str, seconds: float) -> None:
+        """``observer.<event>(worker, seconds)`` for each observer, from a decode or inference thread;
+        an observer that fails (metrics) is logged and never fails the images."""
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(self, seconds)
+            except Exception:
+                log.exception("%s v%d: %s observer failed", self.name, self.version, event)
+
     def _computed(self, started: float) -> None:
         # Timed here, in the inference thread: the batcher's own clock would also count the hand-off
         # to this thread and the event loop's delay in taking the result back.
-        seconds = time.perf_counter() - started
-        for observer in self.observers:
-            observer.computed(self, seconds)
+        self._tell("computed", time.perf_counter() - started)
 
     def _infer(self, payloads: list[np.ndarray]) -> np.ndarray:
         batch = np.stack(payloads)  # stacking too stays off the loop
@@ -227,11 +235,7 @@ class ModelWorker:
         started = time.perf_counter()
         fallbacks = self._device_preprocess.fallbacks
         batch, errors = self._device_preprocess(payloads)
-        share = (time.perf_counter() - started) / len(payloads)
-        decoded_here = sum(isinstance(p, EncodedJpeg) for p in payloads)  # the rest: in their decode thread
-        for observer in self.observers:
-            for _ in range(decoded_here):
-                observer.preprocessed(self, share)
+        self._tell("preprocessed_on_device", time.perf_counter() - started)
         if self._device_preprocess.fallbacks > fallbacks and not self._fallback_logged:
             self._fallback_logged = True  # once: a client sending such files must not flood the log
             log.warning(
@@ -300,14 +304,20 @@ class ModelWorker:
         def timed(data: bytes) -> np.ndarray:
             started = time.perf_counter()
             array = self._preprocess(data)
-            for observer in self.observers:
-                observer.preprocessed(self, time.perf_counter() - started)
+            self._tell("preprocessed", time.perf_counter() - started)
             return array
+
+        def routed(data: bytes, index: int):
+            started = time.perf_counter()
+            item = device.route(data, index)
+            if not isinstance(item, EncodedJpeg):  # decoded here, on the CPU; JPEGs go to the device
+                self._tell("preprocessed", time.perf_counter() - started)
+            return item
 
         async def one(index: int, data: bytes):
             try:
                 if device is not None:
-                    return await loop.run_in_executor(self._decode_pool, device.route, data, index)
+                    return await loop.run_in_executor(self._decode_pool, routed, data, index)
                 return await loop.run_in_executor(self._decode_pool, timed, data)
             except BadInputError as exc:
                 raise BadInputError(f"image {index}: {exc}") from None

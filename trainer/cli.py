@@ -247,7 +247,10 @@ def evaluate(
         typer.Option("--run", help="The run it was exported from (default: the manifest's source.run_dir)."),
     ] = None,
     split: Annotated[str, typer.Option(help="The run's split to score: test, val or train.")] = "test",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda: where every runtime runs.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(help="auto, cpu or cuda: where the eager model and the artifacts run (engines: cuda)."),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference call.")] = 64,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the results to this JSON file.")
@@ -261,13 +264,18 @@ def evaluate(
     """
     import json
 
-    from trainer.evaluate import evaluate_bundle
+    from benchmarks.evaluate import evaluate_bundle
     from trainer.manifest import load_manifest
 
     if split not in ("test", "val", "train"):
         raise click.BadParameter(f"{split!r} is not a split; use test, val or train", param_hint="--split")
+    if json_out is not None:  # fail before the evaluation, not after it
+        json_out.parent.mkdir(parents=True, exist_ok=True)
     if run_dir is None:
-        run_dir = Path(load_manifest(bundle).source.run_dir)
+        manifest = load_manifest(bundle)
+        if not manifest.source.run_dir and manifest.weights != "random_init":
+            raise click.UsageError(f"{bundle}: the manifest records no run; pass --run runs/<name>")
+        run_dir = Path(manifest.source.run_dir)
     result = evaluate_bundle(bundle, run_dir, split=split, device=device, batch_size=batch_size)
     typer.echo(f"{bundle} on the {result.split} split of {result.run_dir}: {result.samples} images")
     typer.echo(

@@ -170,6 +170,18 @@ class ExportConfig(_Section):
     tensorrt_opt_batch_size: int | None = Field(default=None, ge=2)  # None: half of max (at least 2)
     tensorrt_hardware_compatible: bool = False  # True: one engine for every Ampere-or-newer GPU (slower)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_tensorrt_precision(cls, data: Any) -> Any:
+        # Runs trained before one bundle could hold several engines wrote `tensorrt_precision`.
+        if isinstance(data, dict) and "tensorrt_precision" in data:
+            data = dict(data)
+            old = data.pop("tensorrt_precision")
+            if "tensorrt_precisions" in data:
+                raise ValueError("give tensorrt_precisions only (tensorrt_precision is its old name)")
+            data["tensorrt_precisions"] = old
+        return data
+
     @field_validator("tensorrt_precisions", mode="before")
     @classmethod
     def _comma_separated_precisions(cls, value: Any) -> Any:
@@ -308,6 +320,7 @@ def check_resume_overrides(keys: list[str]) -> None:
 
 
 def config_digest(config: RunConfig) -> str:
-    """sha256 of the config's canonical JSON, ignoring where the run is written."""
-    payload = config.model_dump(mode="json", exclude={"run_name", "runs_dir"})
+    """sha256 of the training recipe's canonical JSON: not where the run is written, nor how it is
+    exported (export options are not part of what was trained)."""
+    payload = config.model_dump(mode="json", exclude={"run_name", "runs_dir", "export"})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

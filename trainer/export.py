@@ -304,6 +304,8 @@ def _write_bundle(
             ),
         )
         (staging / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
+        # mkdtemp made it 0700; a bundle is read by services running as other users (containers).
+        staging.chmod(0o755)
         if final_dir.exists():  # --force: swap the old bundle out only once the new one is complete
             retired = Path(tempfile.mkdtemp(prefix=f".{version}.retired-", dir=model_dir))
             final_dir.rename(retired / "bundle")

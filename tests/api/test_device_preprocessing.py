@@ -42,6 +42,27 @@ def test_device_preprocessing_answers_exactly_as_the_cpu_path(settings):
     np.testing.assert_allclose(_scores(pixels), _scores(expected)[1:2], atol=1e-6)
 
 
+def test_device_batches_and_cpu_decoded_images_are_timed_in_their_own_metrics(settings):
+    on = settings.model_copy(update={"device_preprocessing": "on"})
+    jpegs = [class_image(0, 320, "JPEG"), class_image(1, 321, "JPEG")]
+    with TestClient(create_app(on)) as client:
+        wait_ready(client)
+        assert (
+            client.post("/v1/models/tiny:predict", json=_body(*jpegs, class_image(2, 322, "PNG"))).status_code
+            == 200
+        )
+        text = client.get("/metrics").text
+    counts = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(
+            ("imgcls_preprocess_duration_seconds_count", "imgcls_device_preprocess_duration_seconds_count")
+        )
+    }
+    assert counts["imgcls_preprocess_duration_seconds_count"] == 1  # the PNG, on a decode thread
+    assert counts["imgcls_device_preprocess_duration_seconds_count"] >= 1  # per device batch, not per image
+
+
 def test_a_corrupt_jpeg_fails_its_own_request_with_its_position(settings):
     good = class_image(0, 310, "JPEG")
     truncated = good[: len(good) // 2]

@@ -196,6 +196,9 @@ def test_concurrent_requests_are_batched_and_answered_correctly_in_order(setting
                 def computed(self, _worker, _seconds):
                     pass
 
+                def preprocessed_on_device(self, _worker, _seconds):
+                    pass
+
             worker.observers.append(SizeObserver())
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:

@@ -139,7 +139,14 @@ def test_bench_pipeline_measures_the_served_runtime_then_http_with_pixels_and_wi
     pixels, jpeg = document["served"]
     assert pixels["input"].startswith("v2 binary pixels") and jpeg["input"] == "v2 binary JPEG"
     for row in (pixels, jpeg):
-        assert set(row) >= LOAD_KEYS | {"decode_busy", "runtime_busy", "server_cpu_cores", "bound"}
+        assert set(row) >= LOAD_KEYS | {
+            "decode_busy",
+            "device_decode_busy",
+            "runtime_busy",
+            "server_cpu_cores",
+            "bound",
+        }
+        assert row["device_decode_busy"] == 0  # CPU: JPEGs are decoded on the decode threads
         assert row["requests"] > 0 and row["errors"] == {}
         assert row["share_of_in_process"] > 0 and row["bound"] in ("decode", "runtime", "http")
         assert 0 < row["runtime_busy"] <= 1.05

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.evaluate import evaluate_bundle
 from service.errors import RuntimeUnavailableError
 from trainer.cli import main
 from trainer.errors import ConfigError
-from trainer.evaluate import evaluate_bundle
 from trainer.rundir import RunDir
 
 
@@ -115,3 +115,49 @@ def test_cli_rejects_an_unknown_split_and_a_mismatched_run_with_exit_2(bundle_wi
     assert main(["evaluate", "--bundle", str(bundle), "--run", str(other)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "the run it was exported from" in err
+
+
+def test_each_runtime_gets_batches_no_larger_than_it_accepts(bundle_with_int8, monkeypatch):
+    import service.runtimes as runtimes_module
+
+    loaded_every_artifact = runtimes_module.load_every_artifact
+    seen: list[int] = []
+
+    def engine_like(*args, **kwargs):
+        runtimes, failed = loaded_every_artifact(*args, **kwargs)
+        onnx = runtimes["onnxruntime"]
+        infer = onnx.infer
+        onnx.max_batch_size = 2  # as a TensorRT engine built for batches up to 2
+
+        def recorded(batch):
+            seen.append(len(batch))
+            return infer(batch)
+
+        onnx.infer = recorded
+        return runtimes, failed
+
+    monkeypatch.setattr(runtimes_module, "load_every_artifact", engine_like)
+    bundle, result = bundle_with_int8
+    evaluation = evaluate_bundle(bundle, result.run_dir, device="cpu", batch_size=5)
+    assert seen and max(seen) == 2 and sum(seen) == evaluation.samples
+    assert next(s for s in evaluation.scores if s.label == "onnxruntime").agreement_with_eager == 1.0
+
+
+def test_cli_refuses_a_random_init_bundle_and_an_unknown_device_with_exit_2(
+    bundle_with_int8, tmp_path, capsys
+):
+    assert main(["export", "--random-init", "--model", "simple_cnn", "--num-classes", "3", "--image-size", "16",
+                 "--out", str(tmp_path / "models" / "speed" / "1")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", "--bundle", str(tmp_path / "models" / "speed" / "1")]) == 2
+    assert "random weights" in capsys.readouterr().err
+    bundle, _ = bundle_with_int8
+    assert main(["evaluate", "--bundle", str(bundle), "--device", "gpu"]) == 2
+    assert "not one of auto, cpu, cuda" in capsys.readouterr().err
+
+
+def test_cli_writes_the_json_into_a_folder_it_creates(bundle_with_int8, tmp_path, capsys):
+    bundle, _ = bundle_with_int8
+    report = tmp_path / "new" / "folder" / "evaluation.json"
+    assert main(["evaluate", "--bundle", str(bundle), "--device", "cpu", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["split"] == "test"

@@ -323,3 +323,11 @@ def test_the_transfer_learning_config_fine_tunes_a_torchvision_model_from_a_loca
     assert manifest.architecture == "resnet18"
     assert manifest.preprocess.resize == 37 and manifest.preprocess.crop_height == 32
     assert all(a.parity.passed for a in manifest.artifacts)
+
+
+def test_a_bundle_folder_is_readable_by_other_users_like_a_service_in_a_container(tiny_bundle):
+    import stat
+
+    bundle, _ = tiny_bundle
+    mode = bundle.stat().st_mode
+    assert mode & (stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH) == 0o055, oct(mode)

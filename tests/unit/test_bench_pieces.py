@@ -11,7 +11,7 @@ import pytest
 from benchmarks.batching import BatchingSetting, mean_batch_size, parse_settings
 from benchmarks.http1 import Connection, Target, encode_request
 from benchmarks.images import parse_size, synthetic_jpegs
-from benchmarks.pipeline import bounding_stage, stage_busy
+from benchmarks.pipeline import Scrape, bounding_stage, parse_scrape, stage_busy
 from benchmarks.runtimes import Timing
 from benchmarks.stats import percentile, poisson_arrivals
 from service.batcher import doubling_batch_sizes
@@ -167,23 +167,53 @@ def test_the_client_reads_sized_and_chunked_bodies_and_reconnects_after_close():
     assert received == [b"body"] * 4
 
 
-def _scrape(preprocess: float, inference: float, cpu: float) -> str:
-    return (
+def _scrape(preprocess: float, device: float, inference: float, cpu: float, at: float) -> Scrape:
+    text = (
         f'imgcls_preprocess_duration_seconds_sum{{model="m",version="1"}} {preprocess}\n'
+        f'imgcls_device_preprocess_duration_seconds_sum{{model="m",version="1"}} {device}\n'
         f'imgcls_inference_duration_seconds_sum{{model="m",version="1"}} {inference}\n'
-        f'imgcls_inference_duration_seconds_sum{{model="n",version="2"}} 1.0\n'
+        f'imgcls_inference_duration_seconds_sum{{model="other",version="2"}} 100.0\n'
+        f'imgcls_model_info{{model="m",version="1",runtime="tensorrt",precision="int8",device="cuda"}} 1.0\n'
         f"process_cpu_seconds_total {cpu}\n"
     )
+    return parse_scrape(text, "m", at)
 
 
-def test_stage_busy_is_each_stages_share_of_the_window_summed_over_models():
-    busy = stage_busy(_scrape(1.0, 2.0, 10.0), _scrape(8.0, 6.5, 25.0), seconds=5.0, decode_threads=2)
-    assert busy == {"decode_busy": 0.7, "runtime_busy": 0.9, "server_cpu_cores": 3.0}
+def test_a_scrape_keeps_only_the_measured_models_stages_and_what_it_is_served_with():
+    scrape = _scrape(1.0, 0.5, 2.0, 10.0, at=3.0)
+    assert scrape.stage_seconds == {"decode": 1.0, "device_decode": 0.5, "runtime": 2.0}
+    assert (scrape.cpu_seconds, scrape.runtime, scrape.at) == (10.0, "tensorrt-int8", 3.0)
+
+
+def test_stage_busy_is_each_stages_share_of_the_time_between_scrapes():
+    busy = stage_busy(
+        _scrape(1.0, 0.0, 2.0, 10.0, at=1.0), _scrape(8.0, 4.0, 6.5, 25.0, at=6.0), decode_threads=2
+    )
+    assert busy == {
+        "decode_busy": 0.7,
+        "device_decode_busy": 0.8,
+        "runtime_busy": 0.9,
+        "server_cpu_cores": 3.0,
+    }
 
 
 @pytest.mark.parametrize(
-    ("decode", "runtime", "bound"),
-    [(0.99, 0.2, "decode"), (0.3, 0.9, "runtime"), (0.9, 0.95, "runtime"), (0.6, 0.5, "http")],
+    ("decode", "device", "runtime", "bound"),
+    [
+        (0.99, 0.0, 0.2, "decode"),
+        (0.3, 0.0, 0.9, "runtime"),
+        (0.9, 0.0, 0.95, "runtime"),
+        (0.1, 0.97, 0.6, "device_decode"),
+        (0.6, 0.2, 0.5, "http"),
+    ],
 )
-def test_the_bounding_stage_is_the_busier_saturated_one_else_http(decode, runtime, bound):
-    assert bounding_stage({"decode_busy": decode, "runtime_busy": runtime}) == bound
+def test_the_bounding_stage_is_the_busiest_saturated_one_else_http(decode, device, runtime, bound):
+    busy = {"decode_busy": decode, "device_decode_busy": device, "runtime_busy": runtime}
+    assert bounding_stage(busy) == bound
+
+
+def test_a_measured_server_does_not_inherit_imgcls_settings_from_the_shell():
+    from benchmarks.servers import _without_imgcls_settings
+
+    environ = {"PATH": "/bin", "IMGCLS_MODELS": '{"m": {"runtime": "tensorrt"}}', "IMGCLS_API_KEYS": "k" * 16}
+    assert _without_imgcls_settings(environ) == {"PATH": "/bin"}

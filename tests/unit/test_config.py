@@ -64,6 +64,16 @@ def test_digest_ignores_where_the_run_is_written_but_not_what_it_trains():
     base = load_config(None)
     assert config_digest(base) == config_digest(load_config(None, ["runs_dir=/elsewhere", "run_name=x"]))
     assert config_digest(base) != config_digest(load_config(None, ["optim.lr=0.5"]))
+    assert config_digest(base) == config_digest(load_config(None, ["export.tensorrt_precisions=int8"]))
+
+
+def test_a_run_config_written_before_the_rename_of_tensorrt_precision_still_loads(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_text("export:\n  tensorrt_precision: int8\n  formats: [torchscript, onnx]\n")
+    assert load_config(path).export.tensorrt_precisions == ("int8",)
+    path.write_text("export:\n  tensorrt_precision: int8\n  tensorrt_precisions: fp16\n")
+    with pytest.raises(ConfigError, match="tensorrt_precisions only"):
+        load_config(path)
 
 
 def test_named_values_are_taken_as_they_are_not_parsed_as_yaml():

@@ -3,8 +3,9 @@ on a labelled split of the run it was exported from, beside the run's eager mode
 
 This answers what the export's parity check does not: the accuracy of an INT8 or FP16 artifact on
 the whole test split (parity covers at most ``export.reduced_precision_parity_samples`` held-out
-images), on the device it will serve from. Images go through the bundle's own eval transform and
-are decoded once per batch for all artifacts.
+images), on the device it will serve from. Images go through the bundle's own eval transform on
+the CPU, decoded once per batch for all artifacts (on CUDA the service may decode JPEGs on the GPU,
+whose output differs from the CPU decoder's by a rounding step).
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ class BundleEvaluation:
         return asdict(self)
 
 
+def _usable_device(device: str) -> str:
+    """``auto``, ``cpu`` or ``cuda`` -> the device to run on; ConfigError naming the fix otherwise."""
+    from service.runtimes import resolve_device
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False); use cpu"
+        )
+    return resolve_device(device)
+
+
 def _check_bundle_matches_run(manifest: Manifest, labels: list[str], architecture: str, run: RunDir) -> None:
     if tuple(labels) != manifest.labels:
         raise ConfigError(
@@ -99,18 +113,23 @@ def evaluate_bundle(
     intra_op_threads: int | None = None,
 ) -> BundleEvaluation:
     """Score the run's eager model and each artifact of the bundle on ``split`` of the run."""
-    from service.runtimes import load_every_artifact, resolve_device
+    from service.runtimes import load_every_artifact
 
     bundle_dir, run = Path(bundle_dir), RunDir(Path(run_dir))
     manifest = load_manifest(bundle_dir)
     verify_artifacts(bundle_dir, manifest)
+    if manifest.weights == "random_init":
+        raise ConfigError(
+            f"{bundle_dir}: holds random weights (exported with --random-init), so there is no run and no "
+            "accuracy to evaluate; it is a bundle for speed tests"
+        )
+    device = _usable_device(device)
     config = run.read_config()
     labels = run.read_labels()
     _check_bundle_matches_run(manifest, labels, config.model.name, run)
     samples = run.read_splits(labels)[split]
     if not samples:
         raise ConfigError(f"{run.split}: the {split} split is empty; choose another --split")
-    device = resolve_device(device)
     try:
         eager = load_eager_model(run, config, labels).to(device)
     except ImgclsError:
