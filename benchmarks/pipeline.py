@@ -176,7 +176,12 @@ def run_pipeline(
     reference = runtime_label(served.name, served.precision)
     served.close()
     runtimes, skipped = available_runtimes(
-        manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
+        manifest,
+        bundle_dir,
+        device=device,
+        intra_op_threads=intra_op_threads,
+        layout_batch_size=max(batch_sizes),
+        log=log,
     )
     log(f"in-process on {device}: {', '.join(runtimes)}; the service serves {reference}")
     if reference not in runtimes:

@@ -112,9 +112,18 @@ class EagerRuntime(Runtime):
 
 
 def available_runtimes(
-    manifest: Manifest, bundle_dir: Path, *, device: str, intra_op_threads: int | None
+    manifest: Manifest,
+    bundle_dir: Path,
+    *,
+    device: str,
+    intra_op_threads: int | None,
+    layout_batch_size: int | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Runtime], dict[str, str]]:
-    """Every runtime that loads here for this bundle, and why each of the others did not."""
+    """Every runtime that loads here for this bundle, and why each of the others did not.
+
+    With ``layout_batch_size``, each runtime chooses its input layout as the service's warm-up
+    does (channels-last where it measures faster on CUDA), so in-process figures match what is served."""
     from service.errors import RuntimeUnavailableError
 
     runtimes: dict[str, Runtime] = {}
@@ -138,6 +147,13 @@ def available_runtimes(
     loaded, failed = load_every_artifact(
         manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
     )
+    if layout_batch_size:
+        batch = np.zeros((layout_batch_size, *manifest.input.shape), dtype=np.float32)
+        for label, runtime in loaded.items():
+            limit = runtime.max_batch_size or layout_batch_size
+            layout = runtime.choose_memory_format(batch[:limit], "auto")
+            if layout:
+                log(f"{label}: {layout}")
     return {**runtimes, **loaded}, {**skipped, **failed}
 
 
@@ -327,14 +343,19 @@ def bench_runtimes(
     device = resolve_device(device)
     manifest = load_manifest(bundle_dir)
     shape = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    sizes = batch_sizes or doubling_batch_sizes(64)
     runtimes, skipped = available_runtimes(
-        manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
+        manifest,
+        bundle_dir,
+        device=device,
+        intra_op_threads=intra_op_threads,
+        layout_batch_size=max(sizes),
+        log=log,
     )
     if not runtimes:
         raise RuntimeError(f"no runtime loads {bundle_dir} here: {skipped}")
     for name, reason in skipped.items():
         log(f"skipped {name}: {reason}")
-    sizes = batch_sizes or doubling_batch_sizes(64)
     log(f"runtimes {', '.join(runtimes)} on {device}, batch sizes {sizes}")
     rows = runtime_timings(runtimes, shape, sizes, seconds)
 

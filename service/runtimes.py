@@ -14,6 +14,8 @@ dedicated executor thread (see ``service.worker``).
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -73,6 +75,19 @@ class Runtime(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision}, {self.device})"
+
+    def choose_memory_format(self, batch: np.ndarray, mode: str) -> str | None:
+        """Choose the input layout, timing the options on ``batch`` where ``mode`` is auto; returns
+        a line for the log, or None when nothing changed (most runtimes have one layout)."""
+        return None
+
+
+# channels-last is kept only when it is at least this much faster: timing noise must not flip it.
+CHANNELS_LAST_MIN_GAIN = 0.03
+
+
+def prefer_channels_last(seconds_contiguous: float, seconds_channels_last: float) -> bool:
+    return seconds_channels_last < seconds_contiguous * (1 - CHANNELS_LAST_MIN_GAIN)
 
 
 class OnnxRuntime(Runtime):
@@ -185,11 +200,14 @@ class TorchScriptRuntime(Runtime):
         self._module = module.eval()
         self._torch = torch
         self._staging = _CudaStaging(torch) if device == "cuda" else None
+        self._channels_last = False  # choose_memory_format decides, at warm-up
         self.device = device
         self.precision = "fp16" if self._autocast or self._half_input else "fp32"
 
     def _forward(self, inputs):
         torch = self._torch
+        if self._channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         if self._half_input:
             inputs = inputs.half()
         if self._autocast:
@@ -211,6 +229,38 @@ class TorchScriptRuntime(Runtime):
             if self._staging is not None:
                 return self._staging.run_on_device(self._forward, batch)
             return torch.softmax(self._forward(batch).float(), dim=1).numpy()
+
+    def choose_memory_format(self, batch: np.ndarray, mode: str) -> str | None:
+        """channels-last input lets cuDNN pick its NHWC kernels, usually faster for FP16 convolutions
+        on tensor cores, but not for every model and GPU: auto measures (CUDA only; on CPU ONNX
+        Runtime is the runtime of choice and the measurement would cost seconds)."""
+        if mode == "off" or (mode == "auto" and self.device != "cuda"):
+            return None
+        if mode == "on":
+            self._channels_last = True
+            return "channels-last input (channels_last=on)"
+        seconds = {}
+        for channels_last in (False, True):
+            self._channels_last = channels_last
+            try:
+                seconds[channels_last] = self._seconds_per_batch(batch)
+            except Exception as exc:  # an operator without a channels-last kernel
+                self._channels_last = False
+                return f"contiguous input: channels-last failed ({describe_error(exc)})"
+        self._channels_last = prefer_channels_last(seconds[False], seconds[True])
+        return (
+            f"{'channels-last' if self._channels_last else 'contiguous'} input: {1e3 * seconds[True]:.2f} ms "
+            f"channels-last against {1e3 * seconds[False]:.2f} ms contiguous at batch {len(batch)}"
+        )
+
+    def _seconds_per_batch(self, batch: np.ndarray, repeats: int = 5) -> float:
+        self.infer(batch)  # the layout's kernels are chosen (cuDNN benchmark) on the first call
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.infer(batch)  # returns after the copy back: the GPU has finished
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
 
     def close(self) -> None:
         del self._module
@@ -262,15 +312,28 @@ class TensorRTRuntime(TorchScriptRuntime):
         self.precision = precision
         self.max_batch_size = engine.max_batch_size
 
+    def choose_memory_format(self, batch: np.ndarray, mode: str) -> str | None:
+        return None  # the engine's input layout was fixed when it was built
 
-def warm_up(runtime: Runtime, image_shape: tuple[int, int, int], max_batch_size: int) -> None:
+
+def warm_up(
+    runtime: Runtime, image_shape: tuple[int, int, int], max_batch_size: int, channels_last: str = "auto"
+) -> str | None:
     """Run batch sizes 1, 2, 4, ... ``max_batch_size`` once, so the first requests pay no compile or
-    allocation cost; a failure closes the runtime (no half-warmed GPU memory left behind)."""
+    allocation cost, then choose the input layout at ``max_batch_size`` (the batches formed under
+    load); returns the layout line for the log. A failure closes the runtime (no half-warmed GPU
+    memory left behind)."""
     from service.batcher import doubling_batch_sizes
 
     try:
         for size in doubling_batch_sizes(max_batch_size):
             runtime.infer(np.zeros((size, *image_shape), dtype=np.float32))
+        choose = getattr(runtime, "choose_memory_format", None)  # duck-typed runtimes may lack it
+        return (
+            choose(np.zeros((max_batch_size, *image_shape), dtype=np.float32), channels_last)
+            if choose
+            else None
+        )
     except BaseException:
         runtime.close()
         raise

@@ -79,6 +79,7 @@ class ModelSettings(BaseModel):
     intra_op_threads: int | None
     warmup: bool
     device_preprocessing: Literal["auto", "on", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
 
 
 def cpu_quota_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -144,6 +145,9 @@ class Settings(BaseSettings):
     # Decode JPEG batches and preprocess them on the runtime's device (service/device_preprocess.py).
     # auto: on CUDA; on: on the CPU too (one thread decodes the batch: slower there, for tests).
     device_preprocessing: Literal["auto", "on", "off"] = "auto"
+    # TorchScript input layout. auto: on CUDA, time channels-last against contiguous input at warm-up
+    # and keep channels-last only where it is faster; on: always; off: never (contiguous NCHW).
+    channels_last: Literal["auto", "on", "off"] = "auto"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: /metrics on the main port
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0  # on SIGTERM, how long accepted requests may take
     # ...and how long, at least, to keep answering 503 so load balancers and clients notice before the port closes
@@ -164,4 +168,5 @@ class Settings(BaseSettings):
             intra_op_threads=self.intra_op_threads or default_intra_op_threads(self.decode_threads),
             warmup=self.warmup,
             device_preprocessing=self.device_preprocessing,
+            channels_last=self.channels_last,
         )

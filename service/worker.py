@@ -107,8 +107,19 @@ class ModelWorker:
                 }
             )
             self.settings = self.settings.model_copy(update={"batching": batching})
+        layout = None
         if self.settings.warmup:
-            warm_up(runtime, manifest.input.shape, self.settings.batching.max_batch_size)
+            layout = warm_up(
+                runtime,
+                manifest.input.shape,
+                self.settings.batching.max_batch_size,
+                self.settings.channels_last,
+            )
+        elif self.settings.channels_last == "on" and hasattr(runtime, "choose_memory_format"):
+            # nothing is measured for "on", so no warm-up is needed
+            layout = runtime.choose_memory_format(np.zeros((1, *manifest.input.shape), np.float32), "on")
+        if layout:
+            log.info("%s v%d: %s", self.name, self.version, layout)
         try:
             self._device_preprocess = self._start_device_preprocessing(runtime)
         except BaseException:

@@ -10,7 +10,7 @@ import torch
 
 from service.errors import RuntimeUnavailableError
 from service.preprocess import Preprocessor
-from service.runtimes import OnnxRuntime, TorchScriptRuntime, choose_runtime
+from service.runtimes import OnnxRuntime, TorchScriptRuntime, choose_runtime, prefer_channels_last
 from trainer.config import load_config
 from trainer.export import load_eager_model
 from trainer.manifest import MANIFEST_FILENAME, load_manifest
@@ -74,6 +74,43 @@ def test_service_top1_equals_the_trainer_in_process_prediction(tiny_bundle):
         )
     np.testing.assert_array_equal(served.argmax(1), trained.argmax(1))
     np.testing.assert_allclose(served, trained, atol=1e-4)
+
+
+def test_channels_last_input_switched_on_gives_the_same_probabilities(tiny_bundle):
+    bundle, _ = tiny_bundle
+    batch = np.random.default_rng(5).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    contiguous = TorchScriptRuntime(bundle / "model.torchscript.pt")
+    channels_last = TorchScriptRuntime(bundle / "model.torchscript.pt")
+    assert channels_last.choose_memory_format(batch, "on") == "channels-last input (channels_last=on)"
+    np.testing.assert_allclose(channels_last.infer(batch), contiguous.infer(batch), atol=1e-5)
+
+
+def test_the_layout_is_measured_only_on_cuda_and_never_changed_when_off(tiny_bundle):
+    bundle, _ = tiny_bundle
+    batch = np.zeros((4, 3, 16, 16), dtype=np.float32)
+    runtime = TorchScriptRuntime(bundle / "model.torchscript.pt")
+    assert runtime.choose_memory_format(batch, "auto") is None  # CPU: nothing timed, contiguous kept
+    assert runtime.choose_memory_format(batch, "off") is None
+    assert not runtime._channels_last
+    assert OnnxRuntime(bundle / "model.onnx").choose_memory_format(batch, "on") is None  # one layout
+
+
+@pytest.mark.parametrize(
+    ("contiguous", "channels_last", "keep"), [(1.0, 0.9, True), (1.0, 0.99, False), (1.0, 1.2, False)]
+)
+def test_channels_last_is_kept_only_when_clearly_faster(contiguous, channels_last, keep):
+    assert prefer_channels_last(contiguous, channels_last) is keep
+
+
+@pytest.mark.cuda
+def test_auto_layout_on_cuda_times_both_layouts_and_answers_the_same(tiny_bundle):
+    bundle, _ = tiny_bundle
+    runtime = choose_runtime(load_manifest(bundle), bundle, device="cuda", preference="torchscript")
+    batch = np.random.default_rng(1).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    note = runtime.choose_memory_format(batch, "auto")
+    assert note is not None and "ms channels-last against" in note and "at batch 8" in note
+    reference = TorchScriptRuntime(bundle / "model.torchscript.pt").infer(batch)
+    np.testing.assert_allclose(runtime.infer(batch), reference, atol=1e-2)
 
 
 @pytest.mark.cuda
