@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from benchmarks.load import Payload, run, run_closed_loop
-from benchmarks.servers import free_port, imgcls_server, running
+from benchmarks.servers import imgcls_running
 
 __all__ = ["BatchingSetting", "mean_batch_size", "parse_settings", "run_setting"]
 
@@ -73,11 +73,7 @@ def run_setting(
     duration_s: float,
 ) -> dict:
     """Start imgcls with ``setting``, drive it, stop it; the load summary plus the mean batch formed."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    spec = imgcls_server(model_repo, port, env=setting.env())
-    probe = payloads[0]
-    with running(spec, url, probe.path, probe.content, probe.headers):
+    with imgcls_running(model_repo, setting.env(), payloads[0]) as url:
         before = mean_batch_size(httpx.get(f"{url}/metrics").text)
         result = run(run_closed_loop(url, payloads, concurrency, warmup_s, duration_s))
         after = mean_batch_size(httpx.get(f"{url}/metrics").text)

@@ -25,7 +25,7 @@ import httpx
 
 from benchmarks.load import build_payloads, run, run_closed_loop
 from benchmarks.runtimes import available_runtimes, runtime_timings
-from benchmarks.servers import free_port, imgcls_server, running
+from benchmarks.servers import imgcls_running
 
 __all__ = [
     "SATURATED",
@@ -124,17 +124,14 @@ def _serve(
     duration_s: float,
     decode_threads: int,
 ) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    probe = payloads[0]
     scrapes: list[Scrape] = []
+    with imgcls_running(model_repo, env, payloads[0]) as url:
 
-    def scrape() -> None:
-        response = httpx.get(f"{url}/metrics", timeout=30.0)
-        response.raise_for_status()  # a 401/404 must not read as an idle server
-        scrapes.append(parse_scrape(response.text, model, time.perf_counter()))
+        def scrape() -> None:
+            response = httpx.get(f"{url}/metrics", timeout=30.0)
+            response.raise_for_status()  # a 401/404 must not read as an idle server
+            scrapes.append(parse_scrape(response.text, model, time.perf_counter()))
 
-    with running(imgcls_server(model_repo, port, env=env), url, probe.path, probe.content, probe.headers):
         result = run(
             run_closed_loop(url, payloads, concurrency, warmup_s, duration_s, window_hooks=(scrape, scrape))
         )
@@ -168,13 +165,10 @@ def run_pipeline(
     In-process and served runtimes get the same ``intra_op_threads`` (CPU), so the served rows'
     share of the in-process figure is what HTTP, batching and decoding cost, not a thread count."""
     from benchmarks.images import pixel_tensors
-    from service.runtimes import choose_runtime, runtime_label
+    from service.runtimes import served_label
     from trainer.manifest import load_manifest
 
     manifest = load_manifest(bundle_dir)
-    served = choose_runtime(manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads)
-    reference = runtime_label(served.name, served.precision)
-    served.close()
     runtimes, skipped = available_runtimes(
         manifest,
         bundle_dir,
@@ -183,15 +177,14 @@ def run_pipeline(
         layout_batch_size=max(batch_sizes),
         log=log,
     )
-    log(f"in-process on {device}: {', '.join(runtimes)}; the service serves {reference}")
-    if reference not in runtimes:
-        raise RuntimeError(f"{reference} serves here but did not load in-process: {skipped.get(reference)}")
-    limit = runtimes[reference].max_batch_size
-    if limit is not None and min(batch_sizes) > limit:
-        for runtime in runtimes.values():
-            runtime.close()
-        raise BatchSizeError(f"every batch size is above the largest batch of {reference} ({limit})")
     try:
+        reference = served_label(manifest, device, runtimes)
+        if reference is None:
+            raise RuntimeError(f"no runtime can serve {manifest.name} on {device}: {skipped}")
+        log(f"in-process on {device}: {', '.join(runtimes)}; the service serves {reference}")
+        limit = runtimes[reference].max_batch_size
+        if limit is not None and min(batch_sizes) > limit:
+            raise BatchSizeError(f"every batch size is above the largest batch of {reference} ({limit})")
         rows = runtime_timings(runtimes, manifest.input.shape, batch_sizes, seconds)
     finally:
         for runtime in runtimes.values():

@@ -18,10 +18,22 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
-__all__ = ["ServerSpec", "ServerStartError", "free_port", "imgcls_server", "peer_server", "running"]
+if TYPE_CHECKING:
+    from benchmarks.load import Payload
+
+__all__ = [
+    "ServerSpec",
+    "ServerStartError",
+    "free_port",
+    "imgcls_running",
+    "imgcls_server",
+    "peer_server",
+    "running",
+]
 
 
 class ServerStartError(RuntimeError):
@@ -116,6 +128,16 @@ def running(
     finally:
         _stop(process)
         log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def imgcls_running(model_repo: Path, env: dict[str, str], probe: Payload) -> Iterator[str]:
+    """`imgcls serve` over ``model_repo`` with ``env`` on a free local port, ready once ``probe``
+    gets a 200; yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(imgcls_server(model_repo, port, env=env), url, probe.path, probe.content, probe.headers):
+        yield url
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -18,6 +18,7 @@ import statistics
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Container
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +39,7 @@ __all__ = [
     "load_every_artifact",
     "resolve_device",
     "runtime_label",
+    "served_label",
     "softmax",
     "warm_up",
 ]
@@ -384,6 +386,15 @@ def _candidates(
     if preference == "onnxruntime":
         return [("onnxruntime", onnx)]
     return [("torchscript", torchscript)]
+
+
+def served_label(manifest: Manifest, device: str, loaded: Container[str]) -> str | None:
+    """The :func:`runtime_label` of what :func:`choose_runtime` (automatic) would serve, given the
+    labels of the runtimes that load here (:func:`load_every_artifact`); None if none would."""
+    for name, artifact in _candidates(manifest, device, "auto"):
+        if artifact is not None and runtime_label(name, artifact.precision) in loaded:
+            return runtime_label(name, artifact.precision)
+    return None
 
 
 def build_runtime(

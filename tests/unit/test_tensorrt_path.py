@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.errors import RuntimeUnavailableError
-from service.runtimes import TensorRTRuntime, _candidates
+from service.runtimes import TensorRTRuntime, _candidates, served_label
 from tests.conftest import skip_if_torch_tensorrt_installed
 from trainer.artifacts import artifact_file, artifact_plan, needs_calibration
 from trainer.config import ExportConfig, RunConfig
@@ -183,6 +183,22 @@ def test_cuda_tries_engines_fastest_precision_first_then_torchscript_then_onnx()
     ]
     pinned = _order(manifest, "cuda", "tensorrt")  # pinned: a failed engine is a last resort, not skipped
     assert pinned == [("tensorrt", "int8.ts"), ("tensorrt", "fp16.ts"), ("tensorrt", "bad.ts")]
+
+
+def test_the_served_label_follows_the_automatic_order_over_what_loaded():
+    manifest = _bundle_with(
+        _artifact("torchscript", "m.ts"),
+        _artifact("onnx", "m.onnx"),
+        _artifact("torchscript_tensorrt", "fp16.ts", "fp16"),
+        _artifact("torchscript_tensorrt", "int8.ts", "int8"),
+        _artifact("onnx", "m.int8.onnx", "int8"),
+    )
+    everything = {"torchscript", "onnxruntime", "tensorrt-fp16", "tensorrt-int8", "onnxruntime-int8"}
+    assert served_label(manifest, "cuda", everything) == "tensorrt-int8"
+    assert served_label(manifest, "cuda", everything - {"tensorrt-int8"}) == "tensorrt-fp16"
+    assert served_label(manifest, "cuda", {"onnxruntime", "onnxruntime-int8"}) == "onnxruntime"
+    assert served_label(manifest, "cpu", everything) == "onnxruntime-int8"
+    assert served_label(manifest, "cpu", set()) is None
 
 
 def test_cpu_tries_int8_onnx_only_when_it_passed_parity_and_nothing_is_pinned():
