@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
+from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision
 from trainer.errors import ConfigError
 
@@ -43,6 +43,7 @@ class Progress:
     epoch: int = 0
     best_value: float | None = None
     best_epoch: int = 0
+    best_weights: str = "live"  # "live" or "ema": which of the two scored best_value
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
 
@@ -53,7 +54,7 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     precision: MixedPrecision,
-    ema: AveragedModel | None,
+    ema: ModelEma | None,
     progress: Progress,
 ) -> None:
     """Everything --resume needs to continue bit-for-bit, RNG states included."""
@@ -78,7 +79,7 @@ def load_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     precision: MixedPrecision,
-    ema: AveragedModel | None,
+    ema: ModelEma | None,
 ) -> Progress:
     if not path.is_file():
         raise ConfigError(f"{path}: nothing to resume (no checkpoint yet); start a new run")
@@ -93,8 +94,8 @@ def load_training_state(
     return Progress(**state["progress"])
 
 
-def save_best(path: Path, model: nn.Module, epoch: int) -> None:
-    """The weights that scored best on validation (the EMA weights when EMA is on): what export reads."""
+def save_best(path: Path, model: nn.Module, epoch: int, weights: str = "live") -> None:
+    """The weights that scored best on validation, live or averaged (``weights``): what export reads."""
     staging = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "epoch": epoch}, staging)
+    torch.save({"model": model.state_dict(), "epoch": epoch, "weights": weights}, staging)
     staging.replace(path)

@@ -152,6 +152,10 @@ class ExportConfig(_Section):
     out_dir: Path = Path("models")  # the model repository: bundles go to out_dir/name/version
     # onnx-int8: ONNX Runtime static INT8 for CPUs; tensorrt: a Torch-TensorRT engine (CUDA + TensorRT)
     formats: tuple[ExportFormat, ...] = ("torchscript", "onnx")
+    # Refuse to export (exit 2) a run whose test accuracy is below this, or that is not clearly better
+    # than always answering the most frequent class; None: export anyway, with a warning. 0 refuses
+    # only runs no better than the baselines.
+    min_test_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
     parity_samples: int = Field(default=64, ge=1)  # validation images compared eager vs exported (fp32)
     parity_tolerance: float = Field(default=1e-4, gt=0.0)  # max |softmax difference| allowed (fp32)
     # FP16 and INT8 artifacts pass on top-1 agreement, so they are checked on more validation images

@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from trainer.ema import ModelEma
+
 __all__ = ["MixedPrecision", "evaluate", "predict", "train_one_epoch"]
 
 
@@ -48,7 +50,7 @@ def train_one_epoch(
     *,
     mixer: Callable | None = None,
     grad_clip_norm: float | None = None,
-    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    ema: ModelEma | None = None,
     channels_last: bool = False,
     progress: str | None = None,
 ) -> dict[str, float]:
@@ -84,7 +86,7 @@ def train_one_epoch(
         precision.scaler.update()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update(model)
         batch = images.shape[0]
         total_loss += loss.item() * batch
         correct += (logits.argmax(dim=1) == hard_targets).sum().item()

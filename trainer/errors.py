@@ -14,6 +14,7 @@ __all__ = [
     "ExportError",
     "ImgclsError",
     "ModelError",
+    "QualityGateError",
     "WeightsNotFoundError",
     "describe_error",
 ]
@@ -57,6 +58,12 @@ class ExportError(ImgclsError):
     """Exporting failed: an artifact could not be written, or it disagrees with the eager model."""
 
     exit_code = 1
+
+
+class QualityGateError(ImgclsError):
+    """A trained model fails ``export.min_test_accuracy``, or is no better than the baselines while it is set."""
+
+    exit_code = 2
 
 
 class BundleError(ImgclsError):

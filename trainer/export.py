@@ -39,11 +39,12 @@ from trainer.artifacts import (
     needs_calibration,
 )
 from trainer.config import ExportConfig, RunConfig, config_digest, load_config
-from trainer.errors import ConfigError, ExportError
+from trainer.errors import ConfigError, ExportError, QualityGateError
 from trainer.manifest import (
     MANIFEST_FILENAME,
     MODEL_NAME_PATTERN,
     Artifact,
+    BaselineCheck,
     InputSpec,
     Manifest,
     ParityResult,
@@ -187,6 +188,25 @@ def split_bundle_path(out: Path) -> tuple[Path, str, int]:
     return out.parent.parent, out.parent.name, int(out.name)
 
 
+def _check_quality_gate(
+    source: Path, metrics: dict, baseline_check: BaselineCheck | None, min_test_accuracy: float | None
+) -> None:
+    """With ``export.min_test_accuracy`` set, refuse a run below it or no better than the baselines."""
+    if min_test_accuracy is None:
+        return
+    accuracy = float(metrics.get("accuracy", 0.0))
+    if accuracy < min_test_accuracy:
+        raise QualityGateError(
+            f"{source}: test accuracy {accuracy:.4f} is below export.min_test_accuracy={min_test_accuracy}; "
+            "nothing was exported. Improve the run (see its warnings), or lower the threshold"
+        )
+    if baseline_check is not None and not baseline_check.passed:
+        raise QualityGateError(
+            f"{source}: {baseline_check.warning}. Nothing was exported (export.min_test_accuracy is set); "
+            "unset it to export anyway"
+        )
+
+
 def _final_dir(model_dir: Path, version: int | None, force: bool) -> Path:
     final_dir = model_dir / str(version or next_version(model_dir))
     if final_dir.exists() and not force:
@@ -233,6 +253,7 @@ def _write_bundle(
     metrics: dict[str, float],
     weights: str,
     run_dir: str,
+    baseline_check: BaselineCheck | None = None,
 ) -> ExportResult:
     """Export ``model`` in each format, check each artifact against the eager model on the parity
     images, and rename the finished bundle into ``final_dir``."""
@@ -292,6 +313,7 @@ def _write_bundle(
             input=InputSpec(channels=spec.channels, height=spec.crop_height, width=spec.crop_width),
             artifacts=tuple(artifacts),
             metrics=metrics,
+            baseline_check=baseline_check,
             weights=weights,
             created_at=datetime.now(UTC),
             architecture=config.model.name,
@@ -366,13 +388,18 @@ def export_bundle(
     _check_name(name)
     formats = tuple(formats or config.export.formats)
     _check_formats(formats, config)
-    final_dir = _final_dir(out_dir / name, version, force)
     try:
-        metrics = json.loads(run.metrics_json.read_text(encoding="utf-8"))["test"]
+        summary = json.loads(run.metrics_json.read_text(encoding="utf-8"))
+        metrics = summary["test"]
     except (OSError, ValueError, KeyError):
         raise ExportError(
             f"{run.metrics_json}: no test metrics; the run did not finish its evaluation"
         ) from None
+    baseline_check = (
+        BaselineCheck.model_validate(summary["baseline_check"]) if "baseline_check" in summary else None
+    )
+    _check_quality_gate(run.metrics_json, metrics, baseline_check, config.export.min_test_accuracy)
+    final_dir = _final_dir(out_dir / name, version, force)
     spec = preprocess_spec(config.preprocess)
     model = load_eager_model(run, config, labels)
     return _write_bundle(
@@ -386,6 +413,7 @@ def export_bundle(
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
         weights="trained",
         run_dir=str(run.path),
+        baseline_check=baseline_check,
     )
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "MODEL_NAME_PATTERN",
     "SCHEMA_VERSION",
     "Artifact",
+    "BaselineCheck",
     "Calibration",
     "EngineInfo",
     "InputSpec",
@@ -198,6 +199,24 @@ class Artifact(_Strict):
         return self
 
 
+class BaselineCheck(_Strict):
+    """The test accuracy against what a model that learned nothing scores (``trainer.baselines``).
+
+    ``passed`` is False when the model is not clearly better than the better of two baselines:
+    always answering the training split's most frequent class, and guessing uniformly.
+    """
+
+    accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+    samples: Annotated[int, Field(ge=0)]
+    majority_class: str
+    majority_accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+    uniform_accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+    skill: float  # (accuracy - best baseline) / (1 - best baseline): 0 at the baseline, 1 perfect
+    p_value: Annotated[float, Field(ge=0.0, le=1.0)]  # one-sided binomial test against the best baseline
+    passed: bool
+    warning: str | None = None
+
+
 class SourceInfo(_Strict):
     """Where the bundle came from, for audit."""
 
@@ -220,6 +239,7 @@ class Manifest(_Strict):
     output: Literal["logits"] = "logits"  # artifacts return raw logits; apply softmax for probabilities
     artifacts: tuple[Artifact, ...]
     metrics: dict[str, float]
+    baseline_check: BaselineCheck | None = None  # None: random-init bundles, and runs before the check
     # "random_init": a speed bundle from `imgcls export --random-init`; its predictions mean nothing.
     weights: Literal["trained", "random_init"] = "trained"
     created_at: datetime
@@ -266,6 +286,16 @@ class Manifest(_Strict):
                 f"preprocess output {spec.channels}x{spec.crop_height}x{spec.crop_width}"
             )
         return self
+
+    @property
+    def quality_warning(self) -> str | None:
+        """Why this model's predictions should not be trusted, or None: random weights, or a test
+        accuracy not clearly better than the baselines."""
+        if self.weights == "random_init":
+            return "random weights (imgcls export --random-init): for speed tests only, its predictions mean nothing"
+        if self.baseline_check is not None and not self.baseline_check.passed:
+            return self.baseline_check.warning
+        return None
 
     @property
     def num_classes(self) -> int:

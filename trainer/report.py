@@ -82,14 +82,19 @@ def plot_confusion_matrix(path: Path, matrix: list[list[int]], class_names: list
 
 
 def plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
-    """Loss and accuracy per epoch, train against validation."""
+    """Loss and accuracy per epoch, train against validation (live weights, and the EMA's when on)."""
     epochs = [r["epoch"] for r in rows]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [r["train_loss"] for r in rows], label="train")
     loss_ax.plot(epochs, [r["val_loss"] for r in rows], label="val")
+    with_ema = all("ema_val_loss" in r for r in rows)
+    if with_ema:
+        loss_ax.plot(epochs, [r["ema_val_loss"] for r in rows], label="val (EMA)", linestyle="--")
     loss_ax.set(title="Loss", xlabel="epoch")
     acc_ax.plot(epochs, [r["train_accuracy"] for r in rows], label="train")
     acc_ax.plot(epochs, [r["val_accuracy"] for r in rows], label="val")
+    if with_ema:
+        acc_ax.plot(epochs, [r["ema_val_accuracy"] for r in rows], label="val (EMA)", linestyle="--")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylim=(0, 1.005))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)

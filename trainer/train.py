@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from trainer.baselines import check_against_baselines
 from trainer.checkpoint import Progress, load_training_state, save_best, save_training_state
 from trainer.config import RunConfig
 from trainer.data import DataSource, discover, scan_images
 from trainer.datasets import ImageDataset, make_loader
+from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision, evaluate, predict, train_one_epoch
 from trainer.errors import ConfigError, DataError
+from trainer.manifest import BaselineCheck
 from trainer.models import create_model
 from trainer.optim import build_optimizer, build_scheduler, set_backbone_trainable
 from trainer.report import classification_metrics, plot_confusion_matrix, plot_curves, write_per_class_csv
@@ -47,6 +49,10 @@ _METRIC_COLUMNS = [
     "val_loss",
     "val_accuracy",
     "val_f1_macro",
+    "ema_val_loss",
+    "ema_val_accuracy",
+    "ema_val_f1_macro",
+    "kept",
     "seconds",
 ]
 
@@ -57,6 +63,7 @@ class TrainResult:
     test_metrics: dict
     best_epoch: int
     seconds: float
+    baseline_check: BaselineCheck | None = None
     bundle_dir: Path | None = None
 
 
@@ -145,6 +152,16 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def _better_weights(metric: str, live: dict[str, float], ema: dict[str, float] | None) -> str:
+    """Which weights scored better on ``metric`` this epoch: "live" or "ema" (ties: lower loss, then EMA)."""
+    if ema is None:
+        return "live"
+    sign = 1.0 if metric == "loss" else -1.0  # compare as "lower is better"
+    live_key = (sign * live[metric], live["loss"])
+    ema_key = (sign * ema[metric], ema["loss"])
+    return "ema" if ema_key <= live_key else "live"
+
+
 def _improved(metric: str, value: float, best: float | None, min_delta: float) -> bool:
     if best is None:
         return True
@@ -160,6 +177,7 @@ def _write_test_report(
     seconds: float,
     device: torch.device,
     precision: MixedPrecision,
+    baseline_check: BaselineCheck,
 ) -> dict[str, float]:
     scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
     summary = {
@@ -168,16 +186,45 @@ def _write_test_report(
         "confusion_matrix": test["confusion_matrix"],
         "best_epoch": progress.best_epoch,
         "best_val": {metric_name: progress.best_value},
+        "best_weights": progress.best_weights,
         "epochs_run": len(progress.history),
         "train_seconds": round(seconds, 2),
         "device": str(device),
         "precision": precision.name,
+        "baseline_check": baseline_check.model_dump(mode="json"),
+        "warnings": [baseline_check.warning] if baseline_check.warning else [],
     }
     run.metrics_json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     write_per_class_csv(run.per_class_csv, test)
     plot_confusion_matrix(run.confusion_png, test["confusion_matrix"], class_names)
     plot_curves(run.curves_png, progress.history)
     return scalars
+
+
+def _likely_causes(config: RunConfig, progress: Progress, steps: int) -> list[str]:
+    """What most often makes a run end at chance, judged from this run, most likely first."""
+    cfg_train = config.train
+    causes = []
+    last = progress.history[-1] if progress.history else {}
+    if progress.best_weights == "ema":
+        causes.append(
+            f"the averaged weights kept (train.ema_decay={cfg_train.ema_decay}) lag after {steps} optimiser "
+            "steps; lower train.ema_decay or set it to null"
+        )
+    if steps < 100:
+        causes.append(f"only {steps} optimiser steps in all; raise train.epochs or lower train.batch_size")
+    train_accuracy = last.get("train_accuracy")
+    if train_accuracy is not None and train_accuracy >= 0.9:
+        causes.append(
+            f"training accuracy reached {train_accuracy:.2f}: the model memorises the training split "
+            "(more data, stronger augment.preset, model.drop_rate) or the splits differ"
+        )
+    else:
+        causes.append(
+            f"the learning rate (optim.lr={config.optim.lr}) is too high or too low for this model; "
+            "try 3x and 1/3 of it"
+        )
+    return causes
 
 
 def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = None) -> TrainResult:
@@ -276,11 +323,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
     scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(train_loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
     mixer = batch_mixer(config.augment, len(class_names))
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg_train.ema_decay), use_buffers=True)
-        if cfg_train.ema_decay
-        else None
-    )
+    ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None
 
     progress = Progress()
     if resume is not None:
@@ -314,34 +357,54 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
                 channels_last=channels_last,
                 progress=f"epoch {epoch + 1}/{cfg_train.epochs}",
             )
-            scored = ema.module if ema is not None else model  # with EMA, the average is what we keep
-            val_stats = evaluate(scored, val_loader, device, precision)
+            # Both the live and the averaged weights are validated, and the better one is the
+            # epoch's candidate: an average that lags (too few steps for its decay) can never make
+            # a run worse than training without it.
+            live_stats = evaluate(model, val_loader, device, precision)
+            ema_stats = evaluate(ema.module, val_loader, device, precision) if ema is not None else None
+            kept = _better_weights(metric_name, live_stats, ema_stats)
+            val_stats = ema_stats if kept == "ema" and ema_stats is not None else live_stats
             row = {
                 "epoch": epoch + 1,
                 "lr": max(g["lr"] for g in optimizer.param_groups),
                 "train_loss": train_stats["loss"],
                 "train_accuracy": train_stats["accuracy"],
-                "val_loss": val_stats["loss"],
-                "val_accuracy": val_stats["accuracy"],
-                "val_f1_macro": val_stats["f1_macro"],
+                "val_loss": live_stats["loss"],
+                "val_accuracy": live_stats["accuracy"],
+                "val_f1_macro": live_stats["f1_macro"],
+                **(
+                    {f"ema_val_{key}": ema_stats[key] for key in ("loss", "accuracy", "f1_macro")}
+                    if ema_stats is not None
+                    else {}
+                ),
+                "kept": kept,
                 "seconds": time.perf_counter() - epoch_started,
             }
             progress.epoch = epoch + 1
             progress.history.append(row)
             for key, value in row.items():
-                if key != "epoch":
+                if key not in ("epoch", "kept"):
                     writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
             value = val_stats[metric_name]
             improved = _improved(metric_name, value, progress.best_value, cfg_train.early_stopping_min_delta)
             if improved:
                 progress.best_value, progress.best_epoch, progress.stale_epochs = value, epoch + 1, 0
-                save_best(run.best_checkpoint, scored, epoch + 1)
+                progress.best_weights = kept
+                save_best(
+                    run.best_checkpoint, ema.module if kept == "ema" and ema else model, epoch + 1, kept
+                )
             else:
                 progress.stale_epochs += 1
             save_training_state(run.last_checkpoint, model, optimizer, scheduler, precision, ema, progress)
             _write_metrics_csv(run.metrics_csv, progress.history)
+            ema_part = (
+                f" | ema val loss {ema_stats['loss']:.4f} acc {ema_stats['accuracy']:.4f} "
+                f"f1 {ema_stats['f1_macro']:.4f} | kept {kept}"
+                if ema_stats is not None
+                else ""
+            )
             log.info(
-                "epoch %3d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | lr %.2e | %.1fs%s%s",
+                "epoch %3d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f%s | lr %.2e | %.1fs%s%s",
                 epoch + 1,
                 cfg_train.epochs,
                 row["train_loss"],
@@ -349,6 +412,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
                 row["val_loss"],
                 row["val_accuracy"],
                 row["val_f1_macro"],
+                ema_part,
                 row["lr"],
                 row["seconds"],
                 " (backbone frozen)" if frozen else "",
@@ -370,14 +434,27 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
     model.load_state_dict(best["model"])
     logits, labels = predict(model, test_loader, device, precision)
     test = classification_metrics(logits, labels, class_names)
+    steps = len(train_loader) * len(progress.history)
+    baseline_check = check_against_baselines(
+        logits.argmax(axis=1),
+        labels,
+        [s.label for s in splits["train"]],
+        class_names,
+        likely_causes=_likely_causes(config, progress, steps),
+    )
     seconds = time.perf_counter() - started
-    scalars = _write_test_report(run, test, class_names, progress, metric_name, seconds, device, precision)
+    scalars = _write_test_report(
+        run, test, class_names, progress, metric_name, seconds, device, precision, baseline_check
+    )
     log.info(
-        "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %.1fs)",
+        "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %s weights, %.1fs)",
         test["accuracy"],
         test["f1_macro"],
         test["samples"],
         progress.best_epoch,
+        progress.best_weights,
         seconds,
     )
-    return TrainResult(run.path, scalars, progress.best_epoch, seconds)
+    if baseline_check.warning:
+        log.warning("WARNING: %s (recorded in %s)", baseline_check.warning, run.metrics_json)
+    return TrainResult(run.path, scalars, progress.best_epoch, seconds, baseline_check)

@@ -44,7 +44,14 @@ def test_model_metadata_ready_and_config(client):
             {"name": "pixels", "datatype": "FP32", "shape": [-1, 3, 16, 16]},
         ],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+        "parameters": metadata["parameters"],
     }
+    parameters = metadata["parameters"]
+    assert parameters["weights"] == "trained"
+    assert 0.0 <= parameters["test_accuracy"] <= 1.0
+    assert parameters["baseline_check"] in ("passed", "failed")
+    # the 2-epoch tiny run is judged on a handful of test images: a warning exactly when it failed
+    assert ("warning" in parameters) == (parameters["baseline_check"] == "failed")
     assert client.get("/v2/models/tiny/versions/1").json() == metadata
     assert client.get("/v2/models/tiny/versions/1/ready").json() == {"name": "tiny", "ready": True}
     config = client.get("/v2/models/tiny/config").json()
@@ -280,9 +287,9 @@ def test_a_deadline_from_the_timeout_parameter_applies(client, monkeypatch):
     seen = []
     original = worker_module.ModelWorker.predict_images
 
-    async def spy(self, images, timeout_s=None, timings=None):
+    async def spy(self, images, timeout_s=None, timings=None, arrived_at=None):
         seen.append(timeout_s)
-        return await original(self, images, timeout_s, timings)
+        return await original(self, images, timeout_s, timings, arrived_at)
 
     monkeypatch.setattr(worker_module.ModelWorker, "predict_images", spy)
     body = {
