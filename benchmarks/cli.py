@@ -10,10 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 
 from trainer.errors import describe_error
+
+# The usage errors of the click the installed typer runs on (newer typer vendors it as typer._click),
+# so that they get a usage line and trainer.cli.main() catches them; see there.
+try:
+    from typer._click import exceptions as click
+except ImportError:  # an older typer runs on the click package itself
+    from click import exceptions as click  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from trainer.manifest import Manifest

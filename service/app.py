@@ -27,6 +27,7 @@ from service.errors import (
     service_error_response,
 )
 from service.limits import BodyLimitMiddleware
+from service.logs import LifespanErrorLogging
 from service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from service.observe import RequestObserverMiddleware
 from service.registry import ModelRegistry
@@ -82,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    # A failed start-up is one log line, without a traceback when imgcls raised it on purpose (added
+    # first, so innermost of ours: the others pass the lifespan through to it).
+    app.add_middleware(LifespanErrorLogging)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -10,7 +10,13 @@ import json
 import logging
 from datetime import UTC, datetime
 
-__all__ = ["JsonFormatter", "configure_logging"]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trainer.errors import ImgclsError, describe_error
+
+__all__ = ["JsonFormatter", "LifespanErrorLogging", "configure_logging"]
+
+log = logging.getLogger("imgcls.app")
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -51,3 +57,45 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(name).propagate = True
         logging.getLogger(name).setLevel(level.upper())
     logging.getLogger("uvicorn.access").disabled = True  # our request line replaces the access log
+
+
+class LifespanErrorLogging:
+    """Logs a failed start-up or shutdown once: an error imgcls raised on purpose (:class:`ImgclsError`,
+    whose message says what to fix) as that message alone, anything else with its traceback.
+
+    Starlette reports whatever the lifespan raised to the server as a formatted traceback, which
+    uvicorn logs as the message of one error line. This ASGI middleware holds that report back,
+    logs the exception itself, and sends the report on without the text; uvicorn then logs only
+    "Application startup failed. Exiting.".
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_failures(message: Message) -> None:
+            if message["type"] in ("lifespan.startup.failed", "lifespan.shutdown.failed"):
+                held.append(message)  # sent below, once the exception it reports is known
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failures)
+        except BaseException as exc:
+            if not held:  # raised outside the lifespan's report: uvicorn logs it, traceback and all
+                raise
+            phase = held[0]["type"].split(".")[1]
+            if isinstance(exc, ImgclsError):
+                log.error("%s failed: %s", phase, exc)
+            else:
+                log.error("%s failed: %s", phase, describe_error(exc), exc_info=exc)
+            await send({**held[0], "message": ""})
+            raise
+        else:
+            for message in held:  # a failure reported without raising: pass the report on as it is
+                await send(message)

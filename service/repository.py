@@ -62,21 +62,29 @@ class ModelRepository:
                 "(make demo writes models/digits/1) or set --model-repo / IMGCLS_MODEL_REPO"
             )
 
-    def scan(self) -> list[BundleRef]:
+    def find(self) -> list[BundleRef]:
+        """Every bundle folder ``<name>/<version>/`` (version >= 1, hidden folders skipped), not yet verified:
+        what :meth:`scan` verifies, and what ``imgcls serve`` checks for before it starts."""
         self.require_root()
-        found: list[BundleRef] = []
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        return [
+            BundleRef(model_dir.name, int(version_dir.name), version_dir)
+            for model_dir in sorted(
+                p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
             for version_dir in sorted(
                 (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) >= 1),
                 key=lambda p: int(p.name),
-            ):
-                ref = BundleRef(model_dir.name, int(version_dir.name), version_dir)
-                try:
-                    ref.manifest = load_bundle(version_dir, ref.name, ref.version)
-                except BundleError as exc:
-                    ref.error = str(exc)
-                found.append(ref)
-                self.bundles.setdefault(ref.name, {})[ref.version] = ref
+            )
+        ]
+
+    def scan(self) -> list[BundleRef]:
+        found = self.find()
+        for ref in found:
+            try:
+                ref.manifest = load_bundle(ref.path, ref.name, ref.version)
+            except BundleError as exc:
+                ref.error = str(exc)
+            self.bundles.setdefault(ref.name, {})[ref.version] = ref
         return found
 
     @property

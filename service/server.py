@@ -14,7 +14,9 @@ import time
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 
+from service.errors import ImgclsError
 from service.settings import Settings
 
 __all__ = ["DrainingServer", "serve"]
@@ -77,4 +79,12 @@ def serve(settings: Settings) -> None:
         workers=1,  # each process would load every model and batch only its own requests (see README)
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
-    DrainingServer(config, application, settings.shutdown_grace_s, settings.shutdown_min_drain_s).run()
+    server = DrainingServer(config, application, settings.shutdown_grace_s, settings.shutdown_min_drain_s)
+    try:
+        server.run()
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE:
+            raise
+        # uvicorn exits with its own code 3 when the app fails to start or the port cannot be bound; the
+        # log above has the reason. The command line's code for a failure while running is 1.
+        raise ImgclsError("the service did not start; the log lines above say why") from None

@@ -7,15 +7,24 @@ Exit codes: 0 success; 1 a failure while running (export parity, a crashed epoch
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
+import click as click_package
 import typer
 
 from benchmarks.cli import bench_app
 from trainer.errors import ImgclsError
+
+# Newer typer vendors click as typer._click: its parser raises, and fills in the usage line for, its own
+# exception classes, which are not the click package's. `click` here is the module of the classes the
+# installed typer uses, so the usage errors our commands raise get a usage line and main() catches them.
+try:
+    from typer._click import exceptions as click
+except ImportError:  # an older typer runs on the click package itself
+    from click import exceptions as click  # type: ignore[no-redef]
 
 __all__ = ["app", "main", "run"]
 
@@ -48,12 +57,48 @@ def data_digits(
 
 
 @app.command()
-def models() -> None:
-    """List the model names `imgcls train` accepts (model.name)."""
-    from trainer.models import describe_models
+def models(
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--repo",
+            help="List the bundles of this model repository instead: version, architecture, weights, "
+            "test accuracy, the check against the baselines, and any warning.",
+        ),
+    ] = None,
+) -> None:
+    """List the model names `imgcls train` accepts (model.name), or with --repo the bundles a server
+    would load from that repository and whether to trust them.
 
-    for name in describe_models():
-        typer.echo(name)
+    Example: imgcls models --repo models
+    """
+    if repo is None:
+        from trainer.models import describe_models
+
+        for name in describe_models():
+            typer.echo(name)
+        return
+    from service.repository import ModelRepository
+    from trainer.errors import BundleError
+
+    found = ModelRepository(repo).scan()
+    if not found:
+        raise BundleError(f"{repo}: no bundles (<name>/<version>/manifest.json); imgcls train exports one")
+    typer.echo(f"{'model':<20} {'version':>7}  {'architecture':<20} {'weights':<11} {'test acc':>8}  check")
+    for ref in found:
+        if ref.manifest is None:
+            typer.echo(f"{ref.name:<20} {ref.version:>7}  not loadable: {ref.error}")
+            continue
+        manifest = ref.manifest
+        accuracy = manifest.metrics.get("accuracy")
+        check = manifest.baseline_check
+        typer.echo(
+            f"{ref.name:<20} {ref.version:>7}  {manifest.architecture:<20} {manifest.weights:<11} "
+            f"{'-' if accuracy is None else f'{accuracy:.4f}':>8}  "
+            f"{'-' if check is None else 'passed' if check.passed else 'FAILED'}"
+        )
+        if manifest.quality_warning is not None:
+            typer.echo(f"    WARNING: {manifest.quality_warning}")
 
 
 @app.command()
@@ -132,6 +177,14 @@ def train(
         typer.echo(
             f"bundle: {exported.bundle_dir} ({', '.join(a.path for a in exported.manifest.artifacts)})"
         )
+    check = result.baseline_check
+    if check is not None and not check.passed:  # last, so it is the line a user reads
+        typer.echo(
+            f"WARNING: not clearly better than chance (test accuracy {check.accuracy:.4f}, always "
+            f"{check.majority_class!r} {check.majority_accuracy:.4f}); causes and fixes in "
+            f"{result.run_dir / 'metrics.json'} and above",
+            err=True,
+        )
 
 
 @app.command()
@@ -167,6 +220,13 @@ def export(
         int | None,
         typer.Option(help="With tensorrt: the engine's largest batch; match the service's (default 32)."),
     ] = None,
+    min_test_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="Refuse (exit 2) a run whose test accuracy is below this, or that is no better than "
+            "always answering its most frequent class (default: export.min_test_accuracy, off)."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle of the same version.")] = False,
     random_init: Annotated[
         bool,
@@ -200,6 +260,7 @@ def export(
             ("tensorrt_precisions", precision),
             ("calibration_images", calib_images),
             ("tensorrt_max_batch_size", max_batch_size),
+            ("min_test_accuracy", min_test_accuracy),
         )
         if value is not None
     }
@@ -314,7 +375,9 @@ def serve(
     IMGCLS_BATCHING__MAX_BATCH_SIZE, IMGCLS_MODELS='{"digits": {"max_batch_size": 16}}', ...
     """
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
+    from service.preflight import check_can_start
     from service.settings import Settings
     from trainer.errors import ConfigError
 
@@ -327,14 +390,31 @@ def serve(
         "log_level": log_level,
         "log_format": log_format,
     }
+    flags = {k: v for k, v in given.items() if v is not None}
+
+    def setting_name(loc: tuple[int | str, ...]) -> str:
+        """The flag the user gave, else the environment variable the value came from."""
+        if len(loc) == 1 and loc[0] in flags:
+            return f"--{str(loc[0]).replace('_', '-')}"
+        return f"IMGCLS_{'__'.join(str(p) for p in loc).upper()}"
+
     try:
-        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        settings = Settings(**flags)
     except ValidationError as exc:
         problems = "; ".join(
-            f"IMGCLS_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
+            f"{setting_name(err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in exc.errors()
         )
         raise ConfigError(f"invalid service settings: {problems}") from None
+    except SettingsError as exc:  # an IMGCLS_* variable that holds an object or a list is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))  # pydantic-settings names the field only in its message
+        name = f"IMGCLS_{field.group(1).upper()}" if field else "an IMGCLS_* variable"
+        raise ConfigError(
+            f"invalid service settings: {name} is not valid JSON ({exc.__cause__ or exc}); objects and lists "
+            """are JSON, e.g. IMGCLS_MODELS='{"digits": {"max_batch_size": 16}}', IMGCLS_API_KEYS='["key"]'"""
+        ) from None
+    # Everything that can be known before the server starts is checked here, so that a mistake is one
+    # line and exit code 2, not a failed start-up in the log.
+    check_can_start(settings)
     from service.server import serve as run_server
 
     run_server(settings)
@@ -376,27 +456,35 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (tests call this directly)."""
+    """Run the CLI and return its exit code (tests call this directly).
+
+    A usage error (unknown command or option, a bad value, a command's own UsageError) prints click's
+    usage line, the error and any close matches, and returns 2; a bare group (``imgcls``, ``imgcls
+    bench``) prints its help on stderr and returns 2, as click's ``no_args_is_help`` does.
+    """
     # Our progress lines at INFO; libraries (the ONNX exporter's passes, tensorboard) only when they warn.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[_StderrHandler()], force=True)
     logging.getLogger("imgcls").setLevel(logging.INFO)
     try:
-        app(args=argv, prog_name="imgcls", standalone_mode=False)
+        # Without standalone mode, typer returns the code of a typer.Exit (--help: 0) instead of exiting.
+        code = app(args=argv, prog_name="imgcls", standalone_mode=False)
     except ImgclsError as exc:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
+    # typer's classes, and the click package's for any code that raises those (their usage line is missing
+    # then, their message is not).
+    except (click.ClickException, click_package.ClickException) as exc:
         exc.show()
         return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, click_package.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130
     except FloatingPointError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1
-    return 0
+    if code == 130:  # typer turns a Ctrl-C inside a command into Exit(130)
+        typer.echo("interrupted", err=True)
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:
