@@ -8,7 +8,11 @@ largest preferred size that the queue can fill is reached. With ``wait_only_for_
 is taken only while more items are known to be on their way (callers announce them with
 :meth:`DynamicBatcher.incoming` while they decode): under load batches fill, and a lone request
 never waits for company that is not coming. A request may be split across
-batches. Items whose request was cancelled (client gone, deadline passed) are never computed.
+batches. Items whose caller was cancelled (client gone, deadline passed) are never computed.
+
+How many images a model holds and how long a request may wait are decided before and around
+:meth:`DynamicBatcher.submit`, over the whole wait, decoding included (``service.admission``, and
+the deadline in ``service.worker``): the batcher only batches.
 
 A runner returns the batch's outputs, fails the whole batch by raising, or fails single items by
 returning an exception in their place. A pipelined runner (device preprocessing, then inference)
@@ -28,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from service.errors import BadInputError, DeadlineExceededError, QueueFullError
+from service.errors import QueueFullError
 
 __all__ = ["BatchRunner", "BatchStats", "DynamicBatcher", "doubling_batch_sizes"]
 
@@ -78,17 +82,15 @@ class DynamicBatcher(Generic[In, Out]):
         *,
         max_batch_size: int,
         max_queue_delay_ms: float,
-        max_queue_size: int,
         preferred_batch_sizes: Sequence[int] = (),
         on_batch: Callable[[BatchStats], None] | None = None,
         wait_only_for_incoming: bool = False,
     ) -> None:
-        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_ms < 0:
-            raise ValueError("max_batch_size and max_queue_size must be >= 1, max_queue_delay_ms >= 0")
+        if max_batch_size < 1 or max_queue_delay_ms < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_queue_delay_ms >= 0")
         self._runner = runner
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
-        self.max_queue_size = max_queue_size
         self.preferred_batch_sizes = sorted({s for s in preferred_batch_sizes if 1 <= s <= max_batch_size})
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
@@ -101,7 +103,13 @@ class DynamicBatcher(Generic[In, Out]):
 
     @property
     def queue_depth(self) -> int:
+        """Items submitted and not yet taken into a batch."""
         return self._queued
+
+    @property
+    def incoming_count(self) -> int:
+        """Items announced with :meth:`incoming` and not yet submitted (being decoded, or waiting to be)."""
+        return self._incoming
 
     @contextlib.contextmanager
     def incoming(self, count: int) -> Iterator[None]:
@@ -144,33 +152,17 @@ class DynamicBatcher(Generic[In, Out]):
             await self._task
             self._task = None
 
-    def check_capacity(self, count: int) -> None:
-        """Raise now if ``count`` more items could not be queued (callers check before costly preprocessing)."""
-        if count > self.max_queue_size:
-            raise BadInputError(
-                f"{count} images in one request can never fit this model's queue of {self.max_queue_size}; "
-                "split the request"
-            )
-        if self._closing:
-            raise QueueFullError("the model is shutting down; retry against another replica")
-        if self._queued + count > self.max_queue_size:
-            raise QueueFullError(
-                f"queue full ({self._queued} of {self.max_queue_size} images waiting); retry shortly"
-            )
-
-    async def submit(
-        self, payloads: Sequence[In], timeout_s: float | None = None, timings: dict[str, float] | None = None
-    ) -> list[Out]:
+    async def submit(self, payloads: Sequence[In], timings: dict[str, float] | None = None) -> list[Out]:
         """Queue ``payloads`` and wait for their results, in order.
 
-        Raises :class:`QueueFullError` at once when the queue has no room for all of them, and
-        :class:`DeadlineExceededError` when ``timeout_s`` passes first (queued items are dropped).
-        Cancelling the caller removes its queued items. With ``timings``, ``queue_seconds`` is set
-        to the longest wait of any of its items.
+        Raises :class:`QueueFullError` once :meth:`stop` has been called. Cancelling the
+        caller (client gone, deadline passed) removes its queued items: they are never computed.
+        With ``timings``, ``queue_seconds`` is set to the longest wait of any of its items.
         """
         if not payloads:
             return []
-        self.check_capacity(len(payloads))
+        if self._closing:
+            raise QueueFullError("the model is shutting down; retry against another replica")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [_Item(payload, loop.create_future(), now) for payload in payloads]
@@ -180,17 +172,10 @@ class DynamicBatcher(Generic[In, Out]):
         self._queued += len(items)
         self._wakeup.set()
         try:
-            results = list(
-                await asyncio.wait_for(asyncio.gather(*(item.future for item in items)), timeout_s)
-            )
+            results = list(await asyncio.gather(*(item.future for item in items)))
             if timings is not None:  # the longest any of this request's images waited (for the request log)
                 timings["queue_seconds"] = max((item.batched_at or now) - now for item in items)
             return results
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"deadline of {timeout_s * 1000:.0f} ms passed before the images were processed; "
-                "raise the request timeout or send fewer images"
-            ) from None
         finally:
             self._cancel(items)  # on any early exit (error, deadline, caller cancelled) drop what is left
 

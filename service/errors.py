@@ -55,7 +55,8 @@ class UnsupportedMediaTypeError(ServiceError):
 
 
 class QueueFullError(ServiceError):
-    """The batcher's queue has no room for the request's images; the client should retry later."""
+    """The model holds ``max_queue_size`` unanswered images already (decoding, queued or computing), or is
+    shutting down; the client should retry later."""
 
     status = 503
     retry_after_s = 1
@@ -68,14 +69,15 @@ class ModelNotReadyError(ServiceError):
 
 
 class DeadlineExceededError(ServiceError):
-    """The request's deadline passed while its images were still queued."""
+    """The request's deadline passed before its answer was ready (waiting for decode, decoding, queued
+    or computing); its images not yet started are never decoded or computed."""
 
     status = 504
     reject_reason = "deadline"
 
 
 class ClientDisconnectedError(ServiceError):
-    """The client hung up while its images were queued; nobody reads this answer (499, as nginx logs it)."""
+    """The client hung up before its answer was ready; nobody reads this answer (499, as nginx logs it)."""
 
     status = 499
 

@@ -39,20 +39,29 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 
 class _LiveModelCollector:
-    """Queue depth and capacity, readiness and model info, read from the workers on each scrape."""
+    """Queue depth (admitted images) and capacity, readiness and model info, read from the workers on each scrape."""
 
     def __init__(self, workers: Callable[[], Iterable]) -> None:
         self._workers = workers
 
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily(
-            "imgcls_queue_depth", "Images waiting in the batcher queue.", labels=["model", "version"]
+            "imgcls_queue_depth",
+            "Images accepted and not yet answered: waiting for a decode thread, decoding, queued or computing.",
+            labels=["model", "version"],
+        )
+        decoding = GaugeMetricFamily(
+            "imgcls_decode_queue_depth",
+            "Of imgcls_queue_depth, the images not yet decoded: waiting for a decode thread or decoding.",
+            labels=["model", "version"],
         )
         ready = GaugeMetricFamily(
             "imgcls_model_ready", "1 when the model version serves, else 0.", labels=["model", "version"]
         )
         capacity = GaugeMetricFamily(
-            "imgcls_queue_capacity", "max_queue_size: images the queue may hold.", labels=["model", "version"]
+            "imgcls_queue_capacity",
+            "max_queue_size: the most images accepted and not yet answered; beyond it requests get 503.",
+            labels=["model", "version"],
         )
         info = GaugeMetricFamily(
             "imgcls_model_info",
@@ -63,13 +72,14 @@ class _LiveModelCollector:
             labels = [worker.name, str(worker.version)]
             ready.add_metric(labels, 1.0 if worker.ready else 0.0)
             if worker.batcher is not None:
-                depth.add_metric(labels, float(worker.batcher.queue_depth))
-                capacity.add_metric(labels, float(worker.batcher.max_queue_size))
+                depth.add_metric(labels, float(worker.admission.pending))
+                decoding.add_metric(labels, float(worker.batcher.incoming_count))
+                capacity.add_metric(labels, float(worker.admission.max_queue_size))
             if worker.runtime is not None:
                 info.add_metric(
                     [*labels, worker.runtime.name, worker.runtime.precision, worker.runtime.device], 1.0
                 )
-        yield from (depth, capacity, ready, info)
+        yield from (depth, decoding, capacity, ready, info)
 
 
 class _GpuCollector:
@@ -129,7 +139,7 @@ class ServiceMetrics:
         )
         self.queue_duration = Histogram(
             "imgcls_queue_duration_seconds",
-            "Per image: from entering the queue to the start of its batch.",
+            "Per image: from entering the batcher's queue (decoded) to the start of its batch.",
             model,
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

@@ -7,6 +7,7 @@ image, in order.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 
 import numpy as np
@@ -103,9 +104,11 @@ async def model_status(name: str, request: Request) -> dict:
 
 
 async def _predict(request: Request, name: str, version: int | None) -> dict:
+    arrived_at = asyncio.get_running_loop().time()  # the deadline covers reading the body too
     worker = registry(request).get(name, version)
     request.state.model_labels = (worker.name, str(worker.version))
     worker.require_ready()  # answer 503 before reading a body we cannot use
+    worker.admission.check_room()
     images, parameters = await _read_images(request)
     if not images:
         raise BadInputError('no images: send at least one instance ({"b64": ...}) or one multipart "file"')
@@ -117,7 +120,9 @@ async def _predict(request: Request, name: str, version: int | None) -> dict:
     k = _parse_top_k(parameters, worker.ref.manifest.num_classes)
     request.state.images = len(images)
     request.state.timings = timings = {}
-    probabilities = await until_disconnect(request, worker.predict_images(images, timings=timings))
+    probabilities = await until_disconnect(
+        request, worker.predict_images(images, timings=timings, arrived_at=arrived_at)
+    )
     return {
         "model_name": name,
         "model_version": str(worker.version),

@@ -7,6 +7,8 @@ element) or ``pixels`` (FP32 ``[-1, C, H, W]``, already preprocessed). One outpu
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -16,6 +18,7 @@ from service.errors import BadInputError
 from service.routes_common import decompress, parse_body, registry, top_k_indices, until_disconnect
 from service.v2_codec import InferRequest, OutputTensor, encode_infer_response, parse_infer_request
 from service.worker import ModelWorker
+from trainer.manifest import Manifest
 
 __all__ = ["router"]
 
@@ -47,7 +50,21 @@ def _metadata(worker: ModelWorker, versions: list[int]) -> dict:
         "outputs": [
             {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, worker.ref.manifest.num_classes]}
         ],
+        "parameters": _trust(worker.ref.manifest),
     }
+
+
+def _trust(manifest: Manifest) -> dict[str, str | float]:
+    """What a client should know before trusting the answers (OIP parameters: scalars only)."""
+    parameters: dict[str, str | float] = {"weights": manifest.weights}
+    if "accuracy" in manifest.metrics:
+        parameters["test_accuracy"] = manifest.metrics["accuracy"]
+    if manifest.baseline_check is not None:
+        parameters["baseline_check"] = "passed" if manifest.baseline_check.passed else "failed"
+    warning = manifest.quality_warning
+    if warning is not None:
+        parameters["warning"] = warning
+    return parameters
 
 
 def _config(worker: ModelWorker) -> dict:
@@ -194,9 +211,11 @@ def _outputs(parsed: InferRequest, worker: ModelWorker, probabilities: np.ndarra
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    arrived_at = asyncio.get_running_loop().time()  # the deadline covers reading the body too
     worker = _worker(request, name, version)
     request.state.model_labels = (worker.name, str(worker.version))
-    worker.require_ready()
+    worker.require_ready()  # answer 503 before reading a body we cannot use
+    worker.admission.check_room()
     header = request.headers.get("inference-header-content-length")
     if header is not None and not (header.isascii() and header.isdigit()):
         raise BadInputError(f"Inference-Header-Content-Length must be an integer, got {header!r}")
@@ -218,11 +237,12 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     request.state.timings = timings = {}
     if input_name == "image":
         probabilities = await until_disconnect(
-            request, worker.predict_images(list(data), parsed.timeout_s, timings)
+            request, worker.predict_images(list(data), parsed.timeout_s, timings, arrived_at)
         )
     else:
         probabilities = await until_disconnect(
-            request, worker.predict_pixels(np.asarray(data, dtype=np.float32), parsed.timeout_s, timings)
+            request,
+            worker.predict_pixels(np.asarray(data, dtype=np.float32), parsed.timeout_s, timings, arrived_at),
         )
     content, headers = encode_infer_response(
         name, str(worker.version), parsed.id, _outputs(parsed, worker, probabilities)

@@ -37,8 +37,9 @@ class BatchingSettings(BaseModel):
     # ...but only while more images are being decoded: a lone request is sent at once, and under load
     # batches still fill (README, Performance). False: Triton's wait, whether or not anything is coming.
     wait_only_for_incoming: bool = True
-    max_queue_size: Annotated[int, Field(ge=1)] = 512  # images waiting, beyond which requests get 503
-    timeout_ms: Annotated[float, Field(gt=0)] = 10_000  # default per-request deadline while queued
+    # images accepted and not yet answered (decoding, queued or computing), beyond which requests get 503
+    max_queue_size: Annotated[int, Field(ge=1)] = 512
+    timeout_ms: Annotated[float, Field(gt=0)] = 10_000  # default deadline, from arrival to answer (504)
     preferred_batch_sizes: tuple[int, ...] = ()
 
     @model_validator(mode="after")

@@ -6,6 +6,10 @@ pool; with device preprocessing (CUDA), the decode pool only checks headers and 
 single-thread executor decodes each JPEG batch on the GPU while the previous batch is inferred.
 Warm-up runs every batch size up to ``max_batch_size`` (powers of two and the maximum) before the
 version reports ready.
+
+A prediction is admitted (``service.admission``: 503 when the version already holds
+``max_queue_size`` unanswered images) and its deadline starts; both then cover the whole wait, for a
+decode thread, decoding, queued and computing, until the request is answered.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 
+from service.admission import Admission
 from service.batcher import BatchStats, DynamicBatcher
 from service.device_preprocess import DevicePreprocessor, EncodedJpeg
-from service.errors import BadInputError, InferenceFailedError, ModelNotReadyError
+from service.errors import BadInputError, DeadlineExceededError, InferenceFailedError, ModelNotReadyError
 from service.preprocess import Preprocessor
 from service.repository import BundleRef
 from service.runtimes import Runtime, choose_runtime, warm_up
@@ -50,6 +55,7 @@ class ModelWorker:
         self.error: str | None = ref.error
         self.runtime: Runtime | None = None
         self.batcher: DynamicBatcher | None = None
+        self.admission = Admission(settings.batching.max_queue_size)
         self._decode_pool = decode_pool
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"infer-{ref.name}-{ref.version}"
@@ -181,7 +187,6 @@ class ModelWorker:
             self._run_batch,
             max_batch_size=batching.max_batch_size,
             max_queue_delay_ms=batching.max_queue_delay_ms,
-            max_queue_size=batching.max_queue_size,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             on_batch=self._observe,
             wait_only_for_incoming=batching.wait_only_for_incoming,
@@ -193,13 +198,9 @@ class ModelWorker:
         self.batcher.start()
         self.state = "ready"
         log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
-        if self.ref.manifest.weights == "random_init":
-            log.warning(
-                "%s v%d has random weights (imgcls export --random-init): for speed tests only, "
-                "its predictions mean nothing",
-                self.name,
-                self.version,
-            )
+        warning = self.ref.manifest.quality_warning
+        if warning is not None:  # random weights, or a model no better than chance on its test split
+            log.warning("%s v%d: %s", self.name, self.version, warning)
 
     def _observe(self, stats: BatchStats) -> None:
         for observer in self.observers:
@@ -312,40 +313,77 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         device = self._device_preprocess
 
-        def timed(data: bytes) -> np.ndarray:
+        def decode(index: int, data: bytes):
             started = time.perf_counter()
-            array = self._preprocess(data)
-            self._tell("preprocessed", time.perf_counter() - started)
-            return array
-
-        def routed(data: bytes, index: int):
-            started = time.perf_counter()
-            item = device.route(data, index)
+            try:
+                item = self._preprocess(data) if device is None else device.route(data, index)
+            except BadInputError as exc:
+                raise BadInputError(f"image {index}: {exc}") from None
             if not isinstance(item, EncodedJpeg):  # decoded here, on the CPU; JPEGs go to the device
                 self._tell("preprocessed", time.perf_counter() - started)
             return item
 
-        async def one(index: int, data: bytes):
-            try:
-                if device is not None:
-                    return await loop.run_in_executor(self._decode_pool, routed, data, index)
-                return await loop.run_in_executor(self._decode_pool, timed, data)
-            except BadInputError as exc:
-                raise BadInputError(f"image {index}: {exc}") from None
+        # One pool job per image, so the decode threads share a request's images; awaited as plain
+        # futures, without a task per image.
+        decodes = [loop.run_in_executor(self._decode_pool, decode, i, data) for i, data in enumerate(images)]
+        try:
+            return list(await asyncio.gather(*decodes))
+        finally:
+            # A bad image, the deadline or the client gone: decodes not started are taken off the pool
+            # (never started); one already running cannot be stopped, and its result is dropped.
+            for future in decodes:
+                future.cancel()
 
-        return list(await asyncio.gather(*(one(i, data) for i, data in enumerate(images))))
+    @contextlib.asynccontextmanager
+    async def _deadline(self, timeout_s: float | None, arrived_at: float | None) -> AsyncIterator[None]:
+        """The request's deadline, counted from its arrival (``arrived_at``, event-loop time; now when
+        None), over everything awaited in the block.
+
+        When it passes, the awaited work is cancelled and the caller gets :class:`DeadlineExceededError`
+        (504) at once, wherever the images were: waiting for a decode thread, decoding, queued or computing.
+        """
+        timeout_s = timeout_s or self.default_timeout_s
+        loop = asyncio.get_running_loop()
+        start = arrived_at if arrived_at is not None else loop.time()
+        if loop.time() >= start + timeout_s:  # spent before any work (reading the body): start none
+            raise self._deadline_error(timeout_s)
+        deadline = asyncio.timeout_at(start + timeout_s)
+        try:
+            async with deadline:
+                yield
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise self._deadline_error(timeout_s) from None
+
+    @staticmethod
+    def _deadline_error(timeout_s: float) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"deadline of {timeout_s * 1000:.0f} ms passed before the images were processed; "
+            "raise the request timeout or send fewer images"
+        )
 
     async def predict_images(
-        self, images: list[bytes], timeout_s: float | None = None, timings: dict[str, float] | None = None
+        self,
+        images: list[bytes],
+        timeout_s: float | None = None,
+        timings: dict[str, float] | None = None,
+        arrived_at: float | None = None,
     ) -> np.ndarray:
+        """Probabilities for encoded images; ``arrived_at`` (event-loop time) starts the deadline."""
         batcher = self.require_ready()
-        batcher.check_capacity(len(images))  # a full queue answers 503 before any decoding
-        with batcher.incoming(len(images)):
-            arrays = await self.preprocess(images)
-        return np.stack(await batcher.submit(arrays, timeout_s or self.default_timeout_s, timings))
+        with self.admission.admit(len(images)):  # a full model answers 503 before any decoding
+            async with self._deadline(timeout_s, arrived_at):
+                with batcher.incoming(len(images)):
+                    arrays = await self.preprocess(images)
+                return np.stack(await batcher.submit(arrays, timings))
 
     async def predict_pixels(
-        self, pixels: np.ndarray, timeout_s: float | None = None, timings: dict[str, float] | None = None
+        self,
+        pixels: np.ndarray,
+        timeout_s: float | None = None,
+        timings: dict[str, float] | None = None,
+        arrived_at: float | None = None,
     ) -> np.ndarray:
         batcher = self.require_ready()
         expected = self.ref.manifest.input.shape
@@ -353,17 +391,16 @@ class ModelWorker:
             raise BadInputError(
                 f"pixels must have shape [N, {', '.join(map(str, expected))}], got {list(pixels.shape)}"
             )
-        return np.stack(
-            await batcher.submit(
-                list(pixels.astype(np.float32, copy=False)), timeout_s or self.default_timeout_s, timings
-            )
-        )
+        with self.admission.admit(len(pixels)):
+            async with self._deadline(timeout_s, arrived_at):
+                return np.stack(await batcher.submit(list(pixels.astype(np.float32, copy=False)), timings))
 
     @property
     def default_timeout_s(self) -> float:
         return self.settings.batching.timeout_ms / 1000.0
 
     async def stop(self, drain: bool = True) -> None:
+        self.admission.close()
         if self.batcher is not None:
             await self.batcher.stop(drain=drain)
         if self.state in ("ready", "loading"):

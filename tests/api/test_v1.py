@@ -178,6 +178,10 @@ def test_a_broken_bundle_is_listed_not_ready_and_the_service_still_serves(model_
 
 def test_concurrent_requests_are_batched_and_answered_correctly_in_order(settings):
     """64 concurrent requests of 1-3 images: every answer matches a direct run, and batches exceed 1."""
+    # 128 images in flight at once: room for all of them (admission counts images still decoding)
+    settings = settings.model_copy(
+        update={"batching": settings.batching.model_copy(update={"max_queue_size": 256})}
+    )
 
     async def scenario():
         app = create_app(settings)
