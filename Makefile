@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo serve test lint format bench-train clean
+.PHONY: venv demo serve test test-peers lint format bench-train clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ serve: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+# The tests marked `peers`: `imgcls bench compare` against LitServe and Ray Serve, which only the peers
+# extra installs (a minute, ray is large). `make test` skips them without it; .ci/run runs this after it.
+PEERS_STAMP := $(VENV)/.peers-stamp
+$(PEERS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[peers]'
+	@touch $(PEERS_STAMP)
+
+test-peers: $(PEERS_STAMP)
+	$(BIN)/python -m pytest -m peers
 
 lint: venv
 	$(BIN)/ruff check .

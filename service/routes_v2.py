@@ -1,4 +1,4 @@
-"""Open Inference Protocol v2 (KServe v2, Triton's HTTP API): what tritonclient.http and perf_analyzer speak.
+"""Open Inference Protocol v2 (KServe v2, Triton's HTTP API), as tritonclient.http speaks it.
 
 Two inputs, a request gives exactly one: ``image`` (BYTES ``[-1]``, one encoded image file per
 element) or ``pixels`` (FP32 ``[-1, C, H, W]``, already preprocessed). One output,

@@ -3,7 +3,9 @@
 On SIGTERM (or the first Ctrl-C): readiness turns false at once and new prediction requests get 503
 with Retry-After, so the load balancer stops sending traffic; every request already accepted
 (queued or computing) is completed; then uvicorn stops, and the lifespan drains the batchers. If
-the grace period passes first, the server stops anyway. A second signal stops it at once.
+the grace period passes first, the server stops anyway: the grace period bounds the whole wait,
+uvicorn's own wait for connections included. A second signal stops it at once, without waiting for
+anything (uvicorn's force exit), and the process ends by that signal.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig: int, frame: object) -> None:
-        if self._draining:  # a second signal: stop now
-            super().handle_exit(sig, frame)
+        if self._draining:  # a second signal: stop now, waiting for no connection or task
+            super().handle_exit(sig, frame)  # records the signal, which uvicorn re-raises on its way out
+            self.should_exit = self.force_exit = True
             return
         self._draining = True
         registry = getattr(self.app.state, "registry", None)
@@ -60,6 +63,9 @@ class DrainingServer(uvicorn.Server):
             await asyncio.sleep(0.02)
         else:
             log.warning("grace period of %.0f s passed with requests still in flight; stopping", self.grace_s)
+        # uvicorn then waits timeout_graceful_shutdown for connections to close: only what is left of
+        # the grace period, so the two waits together never exceed it.
+        self.config.timeout_graceful_shutdown = max(0.0, deadline - time.monotonic())
         self.should_exit = True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import threading
@@ -133,6 +134,19 @@ def require_tool(name: str, install: str) -> str:
             pytest.fail(f"{name} is not installed; {install} (.ci/run requires it)")
         pytest.skip(f"{name} is not installed ({install}; .ci/run requires it in CI)")
     return path
+
+
+def require_module(name: str, install: str):
+    """An optional Python package, imported. Missing: skip with the reason, or fail under CI (``CI`` set,
+    as ``.ci/run`` does), where it is installed. A package that is there but fails to import fails anyway."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(f"{exc.name}.")):
+            raise  # the package is there, but something it needs is not: a broken install, not a skip
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; {install} (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed ({install}; .ci/run installs it in CI)")
 
 
 @contextlib.contextmanager
