@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import resource
 import statistics
@@ -224,20 +225,22 @@ class _Recorder:
             self.result.errors[outcome] = self.result.errors.get(outcome, 0) + 1
 
 
-async def _send(connection: Connection, payload: Payload, raw: bytes) -> str:
+async def _send(connection: Connection, payload: Payload, raw: bytes) -> tuple[str, float]:
+    """The outcome ("ok", a status, an error name) and the Retry-After it came with (seconds, else 0)."""
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
             response = await connection.send(raw)
     except TimeoutError:
-        return "timeout"
+        return "timeout", 0.0
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-        return type(exc).__name__
+        return type(exc).__name__, 0.0
     if response.status != 200:
-        return str(response.status)
+        retry_after = response.headers.get("retry-after", "")
+        return str(response.status), float(retry_after) if retry_after.isdigit() else 0.0
     try:
-        return "ok" if _well_formed(response, payload) else "malformed"
+        return ("ok" if _well_formed(response, payload) else "malformed"), 0.0
     except (ValueError, KeyError, IndexError, TypeError):
-        return "malformed"
+        return "malformed", 0.0
 
 
 def _cpu() -> float:
@@ -273,7 +276,9 @@ async def run_closed_loop(
     duration_s: float,
     window_hooks: WindowHooks | None = None,
 ) -> RunResult:
-    """``concurrency`` clients, each sending its next request when the last one answers.
+    """``concurrency`` clients, each sending its next request when the last one answers; a client
+    refused with ``Retry-After`` (503: queue full, shutting down) waits that long first, as a
+    well-behaved client does, so an overloaded run measures the server, not a storm of instant retries.
 
     ``window_hooks`` (called in a thread, under load) run as the measured window opens and closes:
     ``bench pipeline`` scrapes the server's metrics there."""
@@ -288,9 +293,12 @@ async def run_closed_loop(
             while not stop.is_set():
                 payload = payloads[turn % len(payloads)]
                 started = time.perf_counter()
-                outcome = await _send(connection, payload, raws[turn % len(payloads)])
+                outcome, retry_after_s = await _send(connection, payload, raws[turn % len(payloads)])
                 recorder.record(payload, outcome, started, time.perf_counter() - started)
                 turn += concurrency
+                if retry_after_s:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=retry_after_s)
         finally:
             connection.close()
 
@@ -310,7 +318,7 @@ async def run_open_loop(
 
     async def one(index: int, scheduled: float) -> None:
         connection = idle.pop() if idle else Connection(target)
-        outcome = await _send(connection, payloads[index], raws[index])
+        outcome, _ = await _send(connection, payloads[index], raws[index])  # open loop: arrivals are fixed
         recorder.record(
             payloads[index], outcome, scheduled, time.perf_counter() - scheduled
         )  # from the schedule

@@ -93,3 +93,47 @@ def test_errors_are_counted_by_status_not_hidden(server_url: str, tmp_path: Path
     (folder,) = tmp_path.iterdir()
     (run,) = json.loads((folder / "results.json").read_text())["runs"]
     assert run["requests"] == 0 and run["errors"].get("404", 0) > 0
+
+
+def test_a_closed_loop_client_refused_with_retry_after_waits_before_its_next_request():
+    """A 503 with Retry-After: 1 is followed by a one-second pause, not by an instant retry storm."""
+    import asyncio
+
+    from benchmarks.load import Payload, run_closed_loop
+
+    refusals: list[float] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                refusals.append(loop.time())
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2\r\n\r\n{}"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        payload = Payload(
+            path="/v1/models/m:predict", content=b"{}", headers={"content-type": "application/json"}, images=1
+        )
+        async with server:
+            return await run_closed_loop(
+                f"http://127.0.0.1:{port}", [payload], 2, warmup_s=0.0, duration_s=1.5
+            )
+
+    result = asyncio.run(scenario())
+    assert result.errors == {"503": 4}  # 2 clients, each refused at 0 s and again after its 1 s pause
+    assert result.requests == 0
+    assert len(refusals) <= 6  # the last pause ends when the window closes, not after another retry
