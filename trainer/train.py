@@ -297,6 +297,9 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
         generator=shuffle_generator,
         drop_last=len(datasets["train"]) > cfg_train.batch_size,
     )
+    # Each pass over a loader draws its workers' base seed from its generator. Evaluation gets its own,
+    # so how often the run validates (the averaged weights too, with EMA) never shifts the random
+    # stream that augmentation draws from: with and without EMA, the live weights train identically.
     val_loader, test_loader = (
         make_loader(
             datasets[s],
@@ -304,6 +307,7 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
             shuffle=False,
             num_workers=config.data.num_workers,
             pin_memory=pin,
+            generator=torch.Generator().manual_seed(cfg_train.seed),
         )
         for s in ("val", "test")
     )
