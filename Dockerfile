@@ -1,32 +1,36 @@
 # syntax=docker/dockerfile:1
-# imgcls images: the inference service (`imgcls serve`, the default command) with the whole CLI
-# (`imgcls train|export|bench ...` with another command). Two targets:
+# imgcls images: the inference service (`imgcls serve`, the default command). Two targets:
 #
 #   docker build -t imgcls:0.1.0-gpu .                 # default: NVIDIA GPUs, Torch-TensorRT
-#   docker build --target cpu -t imgcls:0.1.0-cpu .    # slim, CPU only: ONNX Runtime
+#   docker build --target cpu -t imgcls:0.1.0-cpu .    # slim, CPU only: ONNX Runtime, serving only
 #
 #   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" imgcls:0.1.0-cpu
 #   docker run --rm --gpus all -p 8000:8000 -v "$PWD/models:/models:ro" imgcls:0.1.0-gpu
-#   docker run --rm -v "$PWD/data:/work/data" -v "$PWD/runs:/work/runs" -v "$PWD/models:/work/models" \
-#       imgcls:0.1.0-cpu train --config configs/digits.yaml
+#   docker run --rm --gpus all -v "$PWD/data:/work/data" -v "$PWD/runs:/work/runs" \
+#       -v "$PWD/models:/work/models" imgcls:0.1.0-gpu train --config configs/digits.yaml
+#
+# The CPU image installs only what serving needs (`pip install imgcls`: no timm, scikit-learn,
+# matplotlib or tensorboard); the GPU image has the whole command line (`imgcls[train]`), so it also
+# trains and builds TensorRT engines on the GPU that will serve them.
 #
 # The model repository is mounted at /models (IMGCLS_MODEL_REPO). Every setting is an IMGCLS_*
 # variable (README, Serving and Operations): `docker run -e IMGCLS_PORT=9000 -e IMGCLS_METRICS_PORT=9090 ...`.
 # The README's Deploy section covers building, running and deploying both targets.
 
-# ---- wheel: imgcls itself, and the list of its dependencies other than torch/torchvision --------
+# ---- wheel: imgcls itself, and the list of its dependencies (train extra too) but torch/torchvision ----
 FROM python:3.11-slim-bookworm AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY imgcls ./imgcls
 COPY trainer ./trainer
 COPY service ./service
 COPY benchmarks ./benchmarks
 # The GPU image keeps NGC's own torch, torchvision and torch-tensorrt, so it installs pyproject's
-# dependencies minus torch and torchvision, and the tensorrt extra minus torch-tensorrt
+# dependencies and train extra minus torch and torchvision, and the tensorrt extra minus torch-tensorrt
 # (nvidia-modelopt, for INT8/FP8 engines): written out here from pyproject.toml, never copied by hand.
 RUN pip wheel --no-deps --wheel-dir /dist . \
-    && python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] not in ('torch', 'torchvision')))" > /dist/requirements-not-torch.txt \
+    && python -c "import re, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = project['dependencies'] + project['optional-dependencies']['train']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] not in ('torch', 'torchvision')))" > /dist/requirements-not-torch.txt \
     && python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['tensorrt']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] != 'torch-tensorrt'))" > /dist/requirements-tensorrt.txt
 
 # ---- cpu-build: a virtual environment with CPU torch wheels and imgcls --------------------------
@@ -35,7 +39,7 @@ FROM python:3.11-slim-bookworm AS cpu-build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-# The same install CI runs (`pip install .`), after the CPU builds of the torch and torchvision pins.
+# `pip install imgcls`: the serving set only, after the CPU builds of the torch and torchvision pins.
 RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
     pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
     && pip install /dist/imgcls-*.whl \
@@ -46,7 +50,6 @@ FROM python:3.11-slim-bookworm AS cpu
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    MPLCONFIGDIR=/tmp/matplotlib \
     IMGCLS_HOST=0.0.0.0 \
     IMGCLS_PORT=8000 \
     IMGCLS_MODEL_REPO=/models \
@@ -82,11 +85,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 # torch==2.14.1, which NGC's build does not satisfy, so imgcls goes in with --no-deps and its other
 # dependencies from the list the wheel stage wrote. nvidia-modelopt is installed only when NGC's
 # image lacks it, so its requirements never have to resolve against NGC's pins needlessly.
-# --ignore-requires-python: NGC's Python is 3.12, outside
-# pyproject's requires-python (3.11 only).
 RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
     pip install -r /dist/requirements-not-torch.txt \
-    && pip install --no-deps --ignore-requires-python /dist/imgcls-*.whl \
+    && pip install --no-deps /dist/imgcls-*.whl \
     && (python -c "import modelopt.torch.quantization" 2>/dev/null || pip install -r /dist/requirements-tensorrt.txt) \
     && imgcls --help >/dev/null
 COPY configs /work/configs

@@ -1,8 +1,8 @@
-"""``imgcls bench``: the benchmark commands (load, runtimes, batching, compare).
+"""``imgcls bench`` (load, runtimes, batching, compare, pipeline) and ``imgcls evaluate``.
 
-Registered on the ``imgcls`` command line by ``trainer.cli``, which also turns errors into exit
-codes. The measurements themselves live in the modules beside this one; this module parses options,
-picks the images, and writes the result folders.
+``imgcls.cli`` puts them on the ``imgcls`` command line and turns errors into exit codes there.
+The measurements themselves live in the modules beside this one; this module parses options,
+picks the images, and writes the result folders. ``evaluate`` is here because it needs both halves.
 """
 
 from __future__ import annotations
@@ -12,24 +12,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from trainer.errors import describe_error
-
-# The usage errors of the click the installed typer runs on (newer typer vendors it as typer._click),
-# so that they get a usage line and trainer.cli.main() catches them; see there.
-try:
-    from typer._click import exceptions as click
-except ImportError:  # an older typer runs on the click package itself
-    from click import exceptions as click  # type: ignore[no-redef]
+from imgcls.errors import describe_error
+from imgcls.usage import click
 
 if TYPE_CHECKING:
-    from trainer.manifest import Manifest
+    from imgcls.manifest import Manifest
 
-__all__ = ["bench_app"]
+__all__ = ["app", "bench_app"]
 
 bench_app = typer.Typer(
     help="Measure: load-test a service, time runtimes in-process, compare batching settings and peer servers.",
     no_args_is_help=True,
 )
+# What imgcls.cli merges into the command line: `imgcls evaluate` and the `imgcls bench` group.
+app = typer.Typer()
+app.add_typer(bench_app, name="bench")
 
 _IMAGES_HELP = "A folder of images to cycle through."
 _JPEG_HELP = "Synthetic photo-like JPEGs of this size instead, e.g. 320x240."
@@ -173,7 +170,7 @@ def bench_runtimes_command(
 
     from benchmarks.machine import machine, result_folder
     from benchmarks.runtimes import bench_runtimes, write_runtimes_report
-    from trainer.manifest import load_manifest
+    from imgcls.manifest import load_manifest
 
     load_manifest(bundle)  # a clear error before any timing
     pictures, described = _bench_images(images, jpeg, "320x240")
@@ -207,7 +204,7 @@ def _single_model_repo(bundle: Path) -> tuple[Path, Manifest]:
     import shutil
     import tempfile
 
-    from trainer.manifest import load_manifest
+    from imgcls.manifest import load_manifest
 
     manifest = load_manifest(bundle)
     repo = Path(tempfile.mkdtemp(prefix="imgcls-bench-repo-"))
@@ -492,3 +489,56 @@ def bench_pipeline(
     document = {"date": date.today().isoformat(), "machine": machine(), "images": described, **document}
     folder = write_pipeline_report(document, result_folder(out, name or f"pipeline-{manifest.name}-{device}"))
     typer.echo(f"wrote {folder}")
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Option("--bundle", help="The bundle folder models/NAME/VERSION.")],
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run", help="The run it was exported from (default: the manifest's source.run_dir)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="The run's split to score: test, val or train.")] = "test",
+    device: Annotated[
+        str,
+        typer.Option(help="auto, cpu or cuda: where the eager model and the artifacts run (engines: cuda)."),
+    ] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference call.")] = 64,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this JSON file.")
+    ] = None,
+) -> None:
+    """Score a bundle as it is served: the run's eager model and every artifact of the bundle, each
+    through the runtime the service would load it with, on a split of the run (accuracy, macro F1,
+    top-5, top-1 agreement with the eager model). Shows what INT8 or FP16 costs on the whole test split.
+
+    Example: imgcls evaluate --bundle models/digits/3
+    """
+    import json
+
+    from benchmarks.evaluate import evaluate_bundle
+    from imgcls.manifest import load_manifest
+
+    if split not in ("test", "val", "train"):
+        raise click.BadParameter(f"{split!r} is not a split; use test, val or train", param_hint="--split")
+    if json_out is not None:  # fail before the evaluation, not after it
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+    if run_dir is None:
+        manifest = load_manifest(bundle)
+        if not manifest.source.run_dir and manifest.weights != "random_init":
+            raise click.UsageError(f"{bundle}: the manifest records no run; pass --run runs/<name>")
+        run_dir = Path(manifest.source.run_dir)
+    result = evaluate_bundle(bundle, run_dir, split=split, device=device, batch_size=batch_size)
+    typer.echo(f"{bundle} on the {result.split} split of {result.run_dir}: {result.samples} images")
+    typer.echo(
+        f"{'runtime':<20} {'precision':<9} {'device':<6} {'accuracy':>8} {'change':>8} {'agreement':>9} {'f1_macro':>8}"
+    )
+    for score in result.scores:
+        typer.echo(
+            f"{score.label:<20} {score.precision:<9} {score.device:<6} {score.metrics['accuracy']:>8.4f} "
+            f"{score.accuracy_change:>+8.4f} {score.agreement_with_eager:>9.4f} {score.metrics['f1_macro']:>8.4f}"
+        )
+    for label, why in result.not_loaded.items():
+        typer.echo(f"{label}: not evaluated: {why}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")

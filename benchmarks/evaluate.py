@@ -17,12 +17,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainer.errors import BundleError, ConfigError, ImgclsError
+from imgcls.errors import BundleError, ConfigError, ImgclsError
+from imgcls.manifest import Manifest, load_manifest, verify_artifacts
+from imgcls.preprocess import eval_transform, load_image
 from trainer.export import load_eager_model
-from trainer.manifest import Manifest, load_manifest, verify_artifacts
 from trainer.report import classification_metrics
 from trainer.rundir import RunDir
-from trainer.transforms import eval_transform, load_image
 
 __all__ = ["ArtifactScore", "BundleEvaluation", "evaluate_bundle"]
 

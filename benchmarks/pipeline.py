@@ -165,8 +165,8 @@ def run_pipeline(
     In-process and served runtimes get the same ``intra_op_threads`` (CPU), so the served rows'
     share of the in-process figure is what HTTP, batching and decoding cost, not a thread count."""
     from benchmarks.images import pixel_tensors
+    from imgcls.manifest import load_manifest
     from service.runtimes import served_label
-    from trainer.manifest import load_manifest
 
     manifest = load_manifest(bundle_dir)
     runtimes, skipped = available_runtimes(

@@ -32,12 +32,12 @@ import numpy as np
 
 from benchmarks.report import machine_line, saved_figure
 from benchmarks.stats import percentile
+from imgcls.errors import describe_error
+from imgcls.manifest import Manifest
 from service.batcher import doubling_batch_sizes
 from service.preprocess import Preprocessor, init_decode_thread
 from service.runtimes import Runtime, load_every_artifact, resolve_device, runtime_label, softmax
 from service.settings import default_decode_threads, default_intra_op_threads, usable_cores
-from trainer.errors import describe_error
-from trainer.manifest import Manifest
 
 __all__ = [
     "CeilingResult",
@@ -188,7 +188,7 @@ def _pillow_path(preprocessor: Preprocessor) -> Callable[[bytes], np.ndarray]:
     from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
-    from trainer.transforms import decode_converted, eval_transform
+    from imgcls.preprocess import decode_converted, eval_transform
 
     transform = eval_transform(preprocessor.spec)
     mode = preprocessor.spec.color_mode
@@ -338,7 +338,7 @@ def bench_runtimes(
 ) -> dict:
     """Run all three measurements for the bundle; return the results document (see results.json)."""
 
-    from trainer.manifest import load_manifest
+    from imgcls.manifest import load_manifest
 
     device = resolve_device(device)
     manifest = load_manifest(bundle_dir)
@@ -414,8 +414,8 @@ def measure_ceiling(
     """With the runtime `imgcls serve` would pick: the best pipeline images/s over
     :func:`pipeline_grid` (the in-process ceiling), and the single-image latency (decode + infer, one
     after another) with the thread count `imgcls serve` uses by default (``intra_op_threads`` if given)."""
+    from imgcls.manifest import load_manifest
     from service.runtimes import choose_runtime
-    from trainer.manifest import load_manifest
 
     manifest = load_manifest(bundle_dir)
     preprocessor = Preprocessor(manifest.preprocess)

@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    imgcls = [sys.executable, "-m", "trainer"]
+    imgcls = [sys.executable, "-m", "imgcls"]
     if not args.data.is_dir():
         subprocess.run([*imgcls, "data", "digits", "--out", str(args.data)], check=True)
     runs = []

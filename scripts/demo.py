@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-IMGCLS = [sys.executable, "-m", "trainer"]
+IMGCLS = [sys.executable, "-m", "imgcls"]
 
 
 def step(title: str) -> None:

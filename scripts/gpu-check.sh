@@ -185,7 +185,7 @@ else
 fi
 NO_BENCH="skipped: no CUDA device (torch.cuda.is_available() is False here)"
 if wanted export || wanted runtimes || wanted pipeline; then
-    if ! run_step export 150 "$OUT/export.log" "$PY" -m trainer export --random-init --model "$MODEL" \
+    if ! run_step export 150 "$OUT/export.log" "$PY" -m imgcls export --random-init --model "$MODEL" \
         --num-classes 1000 --image-size 224 --formats torchscript,onnx --out "$BUNDLE"; then
         NO_BENCH="skipped: no bundle (export: $LAST_STATUS)"
         DEVICE=""
@@ -195,7 +195,7 @@ if wanted runtimes; then
     if [[ -z $DEVICE ]]; then
         record runtimes "$NO_BENCH" 0
     else
-        run_step runtimes 150 "$OUT/bench-runtimes.log" "$PY" -m trainer bench runtimes --bundle "$BUNDLE" \
+        run_step runtimes 150 "$OUT/bench-runtimes.log" "$PY" -m imgcls bench runtimes --bundle "$BUNDLE" \
             --device "$DEVICE" --batch-sizes "$BATCHES" --seconds "$SECONDS_EACH" --ceiling-seconds "$CEILING_S" \
             --out "$RESULTS"
     fi
@@ -204,7 +204,7 @@ if wanted pipeline; then
     if [[ -z $DEVICE ]]; then
         record pipeline "$NO_BENCH" 0
     else
-        run_step pipeline 200 "$OUT/bench-pipeline.log" "$PY" -m trainer bench pipeline --bundle "$BUNDLE" \
+        run_step pipeline 200 "$OUT/bench-pipeline.log" "$PY" -m imgcls bench pipeline --bundle "$BUNDLE" \
             --device "$DEVICE" --batch-sizes "$BATCHES" --seconds "$SECONDS_EACH" --concurrency "$CLIENTS" \
             --duration "$DURATION" --warmup "$WARMUP" --out "$RESULTS"
     fi

@@ -3,7 +3,7 @@
 The GPU machine (this workplace's nvidia-h200) has Python 3.12, its own CUDA build of PyTorch and a
 long list of packages, but no network, and a call sends it at most 64 MiB (the repository and the
 carried wheels together). So the GPU check carries exactly what imgcls needs there and the machine
-lacks: the project's runtime dependencies, pytest, pytest-timeout and CHECK_NEEDS, followed through
+lacks: the project's runtime dependencies and train extra, pytest, pytest-timeout and CHECK_NEEDS, followed through
 their requirements, stopping at every package the machine already has (except ALSO_CARRIED).
 
 Versions come from the environment this runs in (the project's .venv), so the GPU machine runs the
@@ -147,14 +147,16 @@ def parse_machine_packages(kinds_text: str, kind: str = "nvidia-h200") -> frozen
 
 
 def project_roots(pyproject: Path) -> list[str]:
-    """pyproject's runtime dependencies, the GPU check's tools from its dev extra, and CHECK_NEEDS."""
+    """pyproject's runtime dependencies and its train extra (the check trains and exports), the GPU
+    check's tools from its dev extra, and CHECK_NEEDS."""
     project = tomllib.loads(pyproject.read_text())["project"]
+    train = project.get("optional-dependencies", {}).get("train", [])
     dev = project.get("optional-dependencies", {}).get("dev", [])
     tools = [line for line in dev if canonicalize_name(Requirement(line).name) in CHECK_TOOLS]
     missing = set(CHECK_TOOLS) - {canonicalize_name(Requirement(line).name) for line in tools}
     if missing:
         raise SelectionError(f"pyproject's dev extra lacks {', '.join(sorted(missing))}")
-    return [*project["dependencies"], *tools, *CHECK_NEEDS]
+    return [*project["dependencies"], *train, *tools, *CHECK_NEEDS]
 
 
 def installed_distributions() -> dict[str, tuple[str, list[str]]]:

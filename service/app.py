@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import start_http_server
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import trainer
+import imgcls
+from imgcls.errors import describe_validation_errors
 from service import routes_health, routes_v1, routes_v2
 from service.auth import ApiKeyMiddleware, load_api_keys
 from service.errors import (
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         [settings.batching.max_batch_size]
         + [o.max_batch_size for o in settings.models.values() if o.max_batch_size]
     )
-    app = FastAPI(title="imgcls", version=trainer.__version__, lifespan=lifespan)
+    app = FastAPI(title="imgcls", version=imgcls.__version__, lifespan=lifespan)
     metrics = ServiceMetrics(  # the registry exists once the lifespan has made it
         largest_batch, workers=lambda: app.state.registry.all() if hasattr(app.state, "registry") else []
     )
@@ -109,9 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(400, f"{where}: {first.get('msg', 'invalid request')}")
+        return error_response(
+            400, describe_validation_errors(exc.errors(), with_input=False, first_only=True)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -13,7 +13,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_response
-from trainer.errors import ConfigError
+from imgcls.errors import ConfigError
 
 __all__ = ["ApiKeyMiddleware", "load_api_keys"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from trainer.errors import ImgclsError
+from imgcls.errors import ImgclsError
 
 __all__ = ["ClientError", "predict_files", "wait_until_ready"]
 

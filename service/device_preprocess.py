@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from imgcls.preprocess import eval_transform
 from service.errors import BadInputError
 from service.preprocess import Preprocessor
-from trainer.transforms import eval_transform
 
 __all__ = ["DevicePreprocessor", "EncodedJpeg"]
 

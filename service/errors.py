@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from trainer.errors import BundleError, ImgclsError
+from imgcls import errors
+from imgcls.errors import BundleError, ImgclsError
 
 __all__ = [
     "BadInputError",
@@ -40,7 +41,9 @@ class BadInputError(ServiceError):
     reject_reason = "bad_input"
 
 
-class ModelNotFoundError(ServiceError):
+class ModelNotFoundError(ServiceError, errors.ModelNotFoundError):
+    """No such model or version here: the repository's lookup, answered with 404."""
+
     status = 404
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trainer.errors import ImgclsError, describe_error
+from imgcls.errors import ImgclsError, describe_error
 
 __all__ = ["JsonFormatter", "LifespanErrorLogging", "configure_logging"]
 

@@ -13,9 +13,9 @@ import errno
 import socket
 from pathlib import Path
 
-from service.repository import ModelRepository
+from imgcls.errors import BundleError, ConfigError
+from imgcls.repository import ModelRepository
 from service.settings import Settings
-from trainer.errors import BundleError, ConfigError
 
 __all__ = ["check_can_start", "check_port", "check_repository"]
 

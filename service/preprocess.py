@@ -1,7 +1,7 @@
 """Request images -> model input: decode, colour-convert, then the bundle's evaluation transform.
 
 The transform is built from ``manifest.preprocess`` with the trainer's own code
-(``trainer.transforms``), so the service's input tensor is the trainer's, by construction.
+(``imgcls.preprocess``), so the service's input tensor is the trainer's, by construction.
 Decoding runs in a thread pool (Pillow and torch release the GIL), never on the event loop.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from imgcls.manifest import PreprocessSpec
+from imgcls.preprocess import decode_to_tensor, eval_transform
 from service.errors import BadInputError
-from trainer.manifest import PreprocessSpec
-from trainer.transforms import decode_to_tensor, eval_transform
 
 __all__ = ["ACCEPTED_FORMATS", "Preprocessor", "init_decode_thread"]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from service.errors import ModelNotReadyError
+from imgcls import errors
+from imgcls.repository import BundleRef, ModelRepository, select_version
+from service.errors import ModelNotFoundError, ModelNotReadyError
 from service.preprocess import init_decode_thread
-from service.repository import BundleRef, ModelRepository, select_version
 from service.settings import Settings
 from service.worker import ModelWorker
 
@@ -70,7 +71,10 @@ class ModelRegistry:
         versions = self.workers.get(name)
         if not versions and not self.scanned:
             raise ModelNotReadyError("the model repository is still being verified; retry shortly")
-        return select_version(self.workers, name, version, usable=lambda worker: worker.ready)
+        try:
+            return select_version(self.workers, name, version, usable=lambda worker: worker.ready)
+        except errors.ModelNotFoundError as exc:
+            raise ModelNotFoundError(str(exc)) from None
 
     async def stop(self, drain: bool = True) -> None:
         for worker in self.all():

@@ -13,12 +13,12 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-import trainer
+import imgcls
+from imgcls.manifest import Manifest
 from service.errors import BadInputError
 from service.routes_common import decompress, parse_body, registry, top_k_indices, until_disconnect
 from service.v2_codec import InferRequest, OutputTensor, encode_infer_response, parse_infer_request
 from service.worker import ModelWorker
-from trainer.manifest import Manifest
 
 __all__ = ["router"]
 
@@ -99,7 +99,7 @@ def _config(worker: ModelWorker) -> dict:
 async def server_metadata() -> dict:
     return {
         "name": "imgcls",
-        "version": trainer.__version__,
+        "version": imgcls.__version__,
         "extensions": ["binary_tensor_data", "classification"],
     }
 

@@ -24,10 +24,10 @@ from typing import Literal
 
 import numpy as np
 
+from imgcls.errors import describe_error
+from imgcls.manifest import Artifact, EngineInfo, Manifest
 from service.errors import RuntimeUnavailableError
 from service.settings import usable_cores
-from trainer.errors import describe_error
-from trainer.manifest import Artifact, EngineInfo, Manifest
 
 __all__ = [
     "OnnxRuntime",
@@ -275,7 +275,7 @@ class TensorRTRuntime(TorchScriptRuntime):
     """A Torch-TensorRT engine saved as TorchScript; needs ``torch_tensorrt`` and CUDA.
 
     The engine is refused, before it is deserialised, when the manifest says it was built for
-    another GPU architecture, TensorRT version or Torch-TensorRT ABI (``trainer.tensorrt``).
+    another GPU architecture, TensorRT version or Torch-TensorRT ABI (``imgcls.engine_platform``).
     """
 
     name = "tensorrt"
@@ -283,7 +283,7 @@ class TensorRTRuntime(TorchScriptRuntime):
     def __init__(self, path: Path, *, precision: str, engine: EngineInfo | None) -> None:
         import torch
 
-        from trainer.tensorrt import engine_mismatch, platform_info
+        from imgcls import engine_platform
 
         if not torch.cuda.is_available():
             raise RuntimeUnavailableError("TensorRT engines need a CUDA GPU and none is available")
@@ -291,7 +291,7 @@ class TensorRTRuntime(TorchScriptRuntime):
             raise RuntimeUnavailableError("the manifest records no engine build info; re-export the engine")
         # platform_info imports torch_tensorrt, which registers the engine class TorchScript needs.
         try:
-            here = platform_info()
+            here = engine_platform.platform_info()
         except ImportError as exc:
             raise RuntimeUnavailableError(
                 f"{exc}; install it where TensorRT is available (an NGC PyTorch image) to use TensorRT artifacts"
@@ -300,7 +300,7 @@ class TensorRTRuntime(TorchScriptRuntime):
             raise RuntimeUnavailableError(
                 f"cannot read the TensorRT platform: {describe_error(exc)}"
             ) from None
-        mismatch = engine_mismatch(engine, here)
+        mismatch = engine_platform.engine_mismatch(engine, here)
         if mismatch:
             raise RuntimeUnavailableError(
                 f"engine {path.name} {mismatch}; rebuild it here with imgcls export"

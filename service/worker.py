@@ -24,15 +24,15 @@ from typing import Literal
 
 import numpy as np
 
+from imgcls.errors import ImgclsError, describe_error
+from imgcls.repository import BundleRef
 from service.admission import Admission
 from service.batcher import BatchStats, DynamicBatcher
 from service.device_preprocess import DevicePreprocessor, EncodedJpeg
 from service.errors import BadInputError, DeadlineExceededError, InferenceFailedError, ModelNotReadyError
 from service.preprocess import Preprocessor
-from service.repository import BundleRef
 from service.runtimes import Runtime, choose_runtime, warm_up
 from service.settings import ModelSettings
-from trainer.errors import ImgclsError, describe_error
 
 __all__ = ["ModelWorker", "NonFiniteOutputError"]
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.errors import ExportError, describe_error
+from imgcls.manifest import Calibration, EngineInfo
 from trainer.config import ExportFormat, RunConfig, TensorRTPrecision
-from trainer.errors import ExportError, describe_error
-from trainer.manifest import Calibration, EngineInfo
 from trainer.quantize import quantize_onnx_int8
 from trainer.transforms import preprocess_spec
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import binomtest
 
-from trainer.manifest import BaselineCheck
+from imgcls.manifest import BaselineCheck
 
 __all__ = ["MAX_P_VALUE", "MIN_SKILL", "check_against_baselines"]
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.errors import ConfigError
 from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision
-from trainer.errors import ConfigError
 
 __all__ = ["Progress", "load_training_state", "save_best", "save_training_state"]
 

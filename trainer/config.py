@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainer.errors import ConfigError
+from imgcls.errors import ConfigError, describe_validation_errors
 
 __all__ = [
     "RESUMABLE_FIELDS",
@@ -254,14 +254,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown field")
-        else:
-            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
-    return f"{source}: invalid config: " + "; ".join(problems)
+    return f"{source}: invalid config: {describe_validation_errors(exc.errors())}"
 
 
 def load_config(

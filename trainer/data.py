@@ -3,7 +3,7 @@
 Every file is opened and fully decoded once before training, so an unreadable, truncated
 or non-image file is reported (``data_report.json``) and skipped, and never crashes an epoch.
 Structural problems (no such path, empty folders, one class, a malformed CSV) raise
-:class:`~trainer.errors.DataError` with the file and the fix.
+:class:`~imgcls.errors.DataError` with the file and the fix.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from trainer.errors import DataError
+from imgcls.errors import DataError
 
 __all__ = [
     "SPLIT_NAMES",

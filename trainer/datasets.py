@@ -7,14 +7,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from imgcls.preprocess import load_image
 from trainer.data import Sample
-from trainer.transforms import load_image
 
 __all__ = ["ImageDataset", "make_loader"]
 
 
 class ImageDataset(Dataset):
-    """Samples decoded with :func:`~trainer.transforms.load_image`, optionally kept in memory.
+    """Samples decoded with :func:`~imgcls.preprocess.load_image`, optionally kept in memory.
 
     Only files that passed the up-front scan reach this class, so a decode error here is a
     file that changed during the run, and is raised.

@@ -24,7 +24,7 @@ def write_digits(out_dir: Path, *, overwrite: bool = False) -> dict[str, int]:
     """
     from sklearn.datasets import load_digits
 
-    from trainer.errors import DataError
+    from imgcls.errors import DataError
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

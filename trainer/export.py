@@ -26,7 +26,22 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-import trainer
+import imgcls
+from imgcls.errors import ConfigError, ExportError, QualityGateError, describe_validation_errors
+from imgcls.manifest import (
+    MANIFEST_FILENAME,
+    MODEL_NAME_PATTERN,
+    Artifact,
+    BaselineCheck,
+    InputSpec,
+    Manifest,
+    ParityResult,
+    PreprocessSpec,
+    SourceInfo,
+    sha256_file,
+)
+from imgcls.preprocess import eval_transform, load_image
+from imgcls.repository import next_version
 from trainer.artifacts import (
     ARTIFACT_FILES,
     FORMATS,
@@ -39,23 +54,10 @@ from trainer.artifacts import (
     needs_calibration,
 )
 from trainer.config import ExportConfig, RunConfig, config_digest, load_config
-from trainer.errors import ConfigError, ExportError, QualityGateError
-from trainer.manifest import (
-    MANIFEST_FILENAME,
-    MODEL_NAME_PATTERN,
-    Artifact,
-    BaselineCheck,
-    InputSpec,
-    Manifest,
-    ParityResult,
-    PreprocessSpec,
-    SourceInfo,
-    sha256_file,
-)
 from trainer.models import create_model
 from trainer.parity import compare
 from trainer.rundir import RunDir, git_sha
-from trainer.transforms import eval_transform, load_image, preprocess_spec
+from trainer.transforms import preprocess_spec
 
 __all__ = [
     "ARTIFACT_FILES",
@@ -63,7 +65,6 @@ __all__ = [
     "export_bundle",
     "export_random_init",
     "load_eager_model",
-    "next_version",
 ]
 
 log = logging.getLogger("imgcls.export")
@@ -79,16 +80,6 @@ def default_bundle_name(config: RunConfig) -> str:
     raw = config.export.name or Path(config.data.path).stem or "model"
     name = re.sub(r"[^a-z0-9_.-]+", "-", raw.lower()).strip("-._") or "model"
     return name[:64]
-
-
-def next_version(model_dir: Path) -> int:
-    """One above the highest numeric version folder (1 for a new model)."""
-    versions = (
-        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-        if model_dir.is_dir()
-        else []
-    )
-    return max(versions, default=0) + 1
 
 
 def load_eager_model(run: RunDir, config: RunConfig, labels: list[str]) -> nn.Module:
@@ -321,7 +312,7 @@ def _write_bundle(
             source=SourceInfo(
                 run_dir=run_dir,
                 git_sha=git_sha(),
-                imgcls_version=trainer.__version__,
+                imgcls_version=imgcls.__version__,
                 torch_version=torch.__version__,
             ),
         )
@@ -356,10 +347,10 @@ def _with_export_options(config: RunConfig, options: dict[str, Any] | None) -> R
     try:
         export_cfg = ExportConfig.model_validate({**config.export.model_dump(), **options})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{EXPORT_OPTION_FLAGS.get(str(e['loc'][0]), 'export.' + str(e['loc'][0])) if e['loc'] else 'export'}: "
-            f"{e['msg']}"
-            for e in exc.errors()
+        problems = describe_validation_errors(
+            exc.errors(),
+            name=lambda loc: EXPORT_OPTION_FLAGS.get(str(loc[0]), f"export.{loc[0]}") if loc else "export",
+            with_input=False,
         )
         raise ConfigError(f"invalid export options: {problems}") from None
     return config.model_copy(update={"export": export_cfg})

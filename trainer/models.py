@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.errors import ModelError, WeightsNotFoundError
+from imgcls.errors import ModelError, WeightsNotFoundError
 from trainer.optim import is_head
 
 __all__ = ["MODEL_NAMES", "BuiltModel", "SimpleCNN", "create_model", "describe_models"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.manifest import ParityResult, Precision
+from imgcls.manifest import ParityResult, Precision
 
 __all__ = ["MIN_TOP1_AGREEMENT", "compare"]
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import ExportError, describe_error
+from imgcls.errors import ExportError, describe_error
 
 __all__ = ["calibrate_modelopt", "import_modelopt", "quantize_onnx_int8"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from imgcls.errors import ConfigError
 from trainer.config import RunConfig, check_resume_overrides, load_config
-from trainer.errors import ConfigError
 from trainer.splits import Splits, read_split_file
 
 __all__ = ["RunDir", "git_sha"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.errors import DataError
 from trainer.data import SPLIT_NAMES, DataSource, Sample
-from trainer.errors import DataError
 
 __all__ = [
     "Splits",

@@ -24,16 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.engine_platform import compute_capability, import_torch_tensorrt, platform_info
+from imgcls.errors import ExportError
+from imgcls.manifest import EngineInfo
 from trainer.config import TensorRTPrecision
-from trainer.errors import ExportError, describe_error
-from trainer.manifest import EngineInfo
 
 __all__ = [
     "TENSORRT_INSTALL_HINT",
     "build_engine",
-    "engine_mismatch",
     "load_engine",
-    "platform_info",
     "require_tensorrt",
     "run_engine",
 ]
@@ -47,23 +46,13 @@ TENSORRT_INSTALL_HINT = (
 )
 
 
-def _import_torch_tensorrt():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its import warns about optional backends it does not find
-            import torch_tensorrt
-    except Exception as exc:  # ImportError, or OSError from a missing libnvinfer
-        raise ImportError(f"torch_tensorrt does not import ({describe_error(exc)})") from None
-    return torch_tensorrt
-
-
 def require_tensorrt(precisions: Sequence[TensorRTPrecision]) -> None:
     """Fail at once, before anything is written, when this machine cannot build the engines."""
     problems: list[str] = []
     if not torch.cuda.is_available():
         problems.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
     try:
-        _import_torch_tensorrt()
+        import_torch_tensorrt()
     except ImportError as exc:
         problems.append(str(exc))
     if any(p in ("int8", "fp8") for p in precisions):
@@ -74,70 +63,12 @@ def require_tensorrt(precisions: Sequence[TensorRTPrecision]) -> None:
         except ImportError as exc:
             problems.append(str(exc))
     if not problems and "fp8" in precisions and torch.cuda.get_device_capability() < (8, 9):
-        problems.append(f"FP8 needs compute capability 8.9 or newer; this GPU has {_capability()}")
+        problems.append(f"FP8 needs compute capability 8.9 or newer; this GPU has {compute_capability()}")
     if problems:
         raise ExportError(
             f"--formats tensorrt ({', '.join(precisions)}) cannot run here: {'; '.join(problems)}. To fix: "
             f"{TENSORRT_INSTALL_HINT}; or export the other formats without tensorrt. Nothing was written."
         )
-
-
-def _capability() -> str:
-    major, minor = torch.cuda.get_device_capability()
-    return f"{major}.{minor}"
-
-
-def platform_info() -> dict[str, str]:
-    """This machine's GPU, CUDA and TensorRT, in :class:`EngineInfo`'s terms; needs torch_tensorrt."""
-    torch_tensorrt = _import_torch_tensorrt()
-    import tensorrt
-
-    return {
-        "gpu_name": torch.cuda.get_device_name(),
-        "compute_capability": _capability(),
-        "cuda_version": str(torch.version.cuda),
-        "tensorrt_version": str(tensorrt.__version__),
-        "torch_tensorrt_version": str(torch_tensorrt.__version__),
-        "abi_version": str(torch.ops.tensorrt.ABI_VERSION()),
-    }
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
-
-
-def engine_mismatch(engine: EngineInfo, here: dict[str, str]) -> str | None:
-    """Why an engine built as ``engine`` cannot run on the platform ``here``, or None if it can.
-
-    TensorRT deserialises an engine only with the runtime ABI it was written for, on the TensorRT
-    version that built it (later ones of the same major when built version-compatible), on GPUs of
-    the same compute capability (any Ampere or newer when built hardware-compatible).
-    """
-    if engine.abi_version != here["abi_version"]:
-        return (
-            f"built with Torch-TensorRT runtime ABI {engine.abi_version} "
-            f"(torch-tensorrt {engine.torch_tensorrt_version}), this service has ABI {here['abi_version']} "
-            f"(torch-tensorrt {here['torch_tensorrt_version']})"
-        )
-    built_trt, here_trt = engine.tensorrt_version, here["tensorrt_version"]
-    if engine.version_compatible:
-        built, running = _version_tuple(built_trt), _version_tuple(here_trt)
-        if built[:1] != running[:1] or running < built:  # same major, same or later release
-            return f"built version-compatible with TensorRT {built_trt}, this service has TensorRT {here_trt}"
-    elif built_trt != here_trt:
-        return f"built with TensorRT {built_trt}, this service has TensorRT {here_trt}"
-    built_cc, here_cc = engine.compute_capability, here["compute_capability"]
-    if engine.hardware_compatible:
-        if _version_tuple(here_cc) < (8, 0):
-            return (
-                f"built hardware-compatible (Ampere or newer), this GPU is {here['gpu_name']} (sm {here_cc})"
-            )
-    elif built_cc != here_cc:
-        return (
-            f"built for {engine.gpu_name} (compute capability {built_cc}), "
-            f"this GPU is {here['gpu_name']} ({here_cc})"
-        )
-    return None
 
 
 def _example(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -171,7 +102,7 @@ def build_engine(
     hardware_compatible: bool = False,
 ) -> EngineInfo:
     """Compile ``model`` into a TensorRT engine saved as TorchScript at ``path``."""
-    torch_tensorrt = _import_torch_tensorrt()
+    torch_tensorrt = import_torch_tensorrt()
     smallest, optimal, largest = batch_range
     device = torch.device("cuda")
     dtype = torch.half if precision == "fp16" else torch.float32
@@ -218,7 +149,7 @@ def build_engine(
 
 
 def load_engine(path: Path) -> torch.jit.ScriptModule:
-    _import_torch_tensorrt()  # registers the engine class TorchScript deserialises
+    import_torch_tensorrt()  # registers the engine class TorchScript deserialises
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript; pinned <2.15
         return torch.jit.load(str(path), map_location="cuda").eval()

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.errors import ConfigError, DataError
+from imgcls.manifest import BaselineCheck
+from imgcls.preprocess import eval_transform
 from trainer.baselines import check_against_baselines
 from trainer.checkpoint import Progress, load_training_state, save_best, save_training_state
 from trainer.config import RunConfig
@@ -27,14 +30,12 @@ from trainer.data import DataSource, discover, scan_images
 from trainer.datasets import ImageDataset, make_loader
 from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision, evaluate, predict, train_one_epoch
-from trainer.errors import ConfigError, DataError
-from trainer.manifest import BaselineCheck
 from trainer.models import create_model
 from trainer.optim import build_optimizer, build_scheduler, set_backbone_trainable
 from trainer.report import classification_metrics, plot_confusion_matrix, plot_curves, write_per_class_csv
 from trainer.rundir import RunDir, git_sha
 from trainer.splits import Splits, read_split_file, resolve_splits, split_counts, write_split_file
-from trainer.transforms import batch_mixer, eval_transform, preprocess_spec, train_transform
+from trainer.transforms import batch_mixer, preprocess_spec, train_transform
 
 __all__ = ["TrainResult", "train"]
 

@@ -1,6 +1,6 @@
 """What every peer shares: find the bundle, build imgcls's own model and preprocessing, speak the contract.
 
-The bundle is verified and loaded as ``imgcls serve`` loads it: ``service.repository.load_bundle``
+The bundle is verified and loaded as ``imgcls serve`` loads it: ``imgcls.repository.load_bundle``
 checks the manifest and every artifact's sha256, ``service.runtimes.choose_runtime`` picks the same
 runtime with the same defaults (ONNX Runtime on the CPU; intra-op threads left to the runtime, i.e.
 one per core, unless ``--intra-op-threads`` is given, exactly like ``IMGCLS_INTRA_OP_THREADS``), and
@@ -26,15 +26,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from imgcls.errors import ImgclsError, describe_validation_errors
+from imgcls.manifest import Manifest, load_manifest, verify_artifacts
+from imgcls.repository import load_bundle, next_version
 from service.errors import BadInputError
 from service.preprocess import Preprocessor
-from service.repository import load_bundle
 from service.runtimes import Runtime, choose_runtime, warm_up
 from service.settings import Settings
 from service.v2_codec import decode_base64
-from trainer.errors import ImgclsError
-from trainer.export import next_version
-from trainer.manifest import Manifest, load_manifest, verify_artifacts
 
 __all__ = [
     "BadInputError",
@@ -137,9 +136,8 @@ def answer_validation_errors_with_400(app: FastAPI) -> None:
     """FastAPI answers a body that fails its model with 422; the contract (and imgcls) says 400."""
 
     async def handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=400)
+        problem = describe_validation_errors(exc.errors(), with_input=False, first_only=True)
+        return JSONResponse({"error": problem}, status_code=400)
 
     app.add_exception_handler(RequestValidationError, handler)
 

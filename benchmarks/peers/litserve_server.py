@@ -47,7 +47,7 @@ from benchmarks.peers.common import (
     load_model,
     parse_args,
 )
-from trainer.manifest import load_manifest
+from imgcls.manifest import load_manifest
 
 __all__ = ["ImageClassifierAPI", "build_server", "main"]
 

@@ -5,10 +5,10 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
+from imgcls.errors import ConfigError
 from service.app import create_app
 from service.auth import load_api_keys
 from tests.api.conftest import class_image, wait_ready
-from trainer.errors import ConfigError
 
 KEY = "k" * 32
 

@@ -50,9 +50,9 @@ def test_json_batch_prediction_returns_one_prediction_per_image_in_order(client)
 
 
 def test_served_predictions_equal_the_runtime_run_directly(client, tiny_bundle):
+    from imgcls.manifest import load_manifest
     from service.preprocess import Preprocessor
     from service.runtimes import OnnxRuntime
-    from trainer.manifest import load_manifest
 
     bundle, _ = tiny_bundle
     images = [class_image(label, 300 + i) for i, label in enumerate((0, 1, 2, 1, 0))]
@@ -151,7 +151,7 @@ def test_a_broken_bundle_is_listed_not_ready_and_the_service_still_serves(model_
 
     from fastapi.testclient import TestClient
 
-    from trainer.manifest import MANIFEST_FILENAME, load_manifest
+    from imgcls.manifest import MANIFEST_FILENAME, load_manifest
 
     shutil.copytree(model_repo / "tiny" / "1", model_repo / "tiny" / "2")
     manifest = load_manifest(model_repo / "tiny" / "1").model_copy(update={"version": 2})

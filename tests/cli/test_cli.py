@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from imgcls.cli import main
 from tests.conftest import skip_if_torch_tensorrt_installed
-from trainer.cli import main
 
 
 def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -157,7 +157,7 @@ def test_random_init_export_writes_a_complete_servable_bundle(tmp_path: Path, ca
     )
     assert code == 0, err
     assert "model.onnx (fp32): parity on 16 images: top-1 agreement 1.0000" in stdout
-    from trainer.manifest import load_manifest, verify_artifacts
+    from imgcls.manifest import load_manifest, verify_artifacts
 
     manifest = load_manifest(out)
     verify_artifacts(out, manifest)

@@ -1,6 +1,6 @@
 """A mistyped command line gets click's usage message and close matches, exit code 2, never a traceback.
 
-Run through the installed console script (and ``python -m trainer``) in a subprocess: the way a user
+Run through the installed console script (and ``python -m imgcls``) in a subprocess: the way a user
 meets it, with the exception classes the installed typer really raises (newer typer vendors click).
 """
 
@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import typer
 
-from trainer.cli import app, main
+from imgcls.cli import app, main
 
 IMGCLS = Path(sys.executable).with_name("imgcls")  # the console script pip installed beside this Python
 
 
 def imgcls(*args: str, module: bool = False) -> subprocess.CompletedProcess[str]:
-    """``imgcls ARGS`` (or ``python -m trainer ARGS``), with none of the caller's IMGCLS_* settings."""
+    """``imgcls ARGS`` (or ``python -m imgcls ARGS``), with none of the caller's IMGCLS_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
-    command = [sys.executable, "-m", "trainer"] if module else [str(IMGCLS)]
+    command = [sys.executable, "-m", "imgcls"] if module else [str(IMGCLS)]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -82,7 +82,7 @@ def test_a_mistyped_command_line_gets_the_usage_and_close_matches(args: list[str
 @pytest.mark.parametrize(
     ("args", "usage", "error"),
     [
-        # trainer/cli.py's own click.UsageError
+        # trainer/cli.py's own click.UsageError (raised through imgcls.usage)
         (
             ["export"],
             "Usage: imgcls export [OPTIONS]",

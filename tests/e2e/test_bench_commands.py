@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import main
+from imgcls.cli import main
 
 LOAD_KEYS = {
     "requests_per_s",

@@ -10,8 +10,8 @@ import pytest
 
 from benchmarks.images import digits_images, pixel_tensors
 from benchmarks.load import PROTOCOLS, build_payloads
+from imgcls.cli import main
 from service.v2_codec import parse_infer_request
-from trainer.cli import main
 
 
 def test_v2_binary_payloads_parse_back_to_the_images():

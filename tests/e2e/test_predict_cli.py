@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imgcls.cli import main
 from tests.api.conftest import class_image
-from trainer.cli import main
 
 
 def test_predict_prints_one_line_per_file(server_url: str, tmp_path: Path, capsys):

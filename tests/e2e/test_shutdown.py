@@ -35,7 +35,7 @@ def test_sigterm_drains_accepted_requests_and_exits_cleanly(tiny_bundle, tmp_pat
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "IMGCLS_BATCHING__MAX_BATCH_SIZE": "8", "IMGCLS_INTRA_OP_THREADS": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "trainer", "serve", "--model-repo", str(tmp_path / "models"), "--port", str(port),
+        [sys.executable, "-m", "imgcls", "serve", "--model-repo", str(tmp_path / "models"), "--port", str(port),
          "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -84,7 +84,7 @@ def test_sigterm_drains_accepted_requests_and_exits_cleanly(tiny_bundle, tmp_pat
 
 def _start(models, port: int, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "trainer", "serve", "--model-repo", str(models), "--port", str(port),
+        [sys.executable, "-m", "imgcls", "serve", "--model-repo", str(models), "--port", str(port),
          "--log-level", "warning"],
         cwd=ROOT, env={**os.environ, "IMGCLS_INTRA_OP_THREADS": "1", **env},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

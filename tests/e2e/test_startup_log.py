@@ -10,10 +10,10 @@ import pytest
 import uvicorn
 
 import service.app
+from imgcls.errors import ImgclsError
 from service.app import create_app
 from service.logs import JsonFormatter
 from service.settings import Settings
-from trainer.errors import ImgclsError
 
 
 def start(settings: Settings) -> int:

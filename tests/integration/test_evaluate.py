@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.evaluate import evaluate_bundle
+from imgcls.cli import main
+from imgcls.errors import ConfigError
 from service.errors import RuntimeUnavailableError
-from trainer.cli import main
-from trainer.errors import ConfigError
 from trainer.rundir import RunDir
 
 

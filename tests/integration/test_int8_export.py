@@ -13,10 +13,10 @@ import onnx
 import pytest
 import torch
 
+from imgcls.errors import ExportError
+from imgcls.manifest import load_manifest, verify_artifacts
 from service.runtimes import choose_runtime
-from trainer.errors import ExportError
 from trainer.export import export_bundle, export_random_init, load_eager_model
-from trainer.manifest import load_manifest, verify_artifacts
 from trainer.rundir import RunDir
 
 
@@ -126,7 +126,8 @@ def test_modelopt_int8_calibration_runs_on_cpu_with_training_images(tiny_run):
         pytest.skip(f"{exc} (pip install -e '.[tensorrt]' or '.[dev]')")
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-    from trainer.transforms import eval_transform, load_image, preprocess_spec
+    from imgcls.preprocess import eval_transform, load_image
+    from trainer.transforms import preprocess_spec
 
     result, _ = tiny_run
     run = RunDir(result.run_dir)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainer.cli import main
-from trainer.manifest import load_manifest
+from imgcls.cli import main
+from imgcls.manifest import load_manifest
 
 
 def _noise_folder(root: Path, classes: int = 2, per_class: int = 30) -> Path:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from imgcls.manifest import MANIFEST_FILENAME, load_manifest
 from service.errors import RuntimeUnavailableError
 from service.preprocess import Preprocessor
 from service.runtimes import OnnxRuntime, TorchScriptRuntime, choose_runtime, prefer_channels_last
 from trainer.config import load_config
 from trainer.export import load_eager_model
-from trainer.manifest import MANIFEST_FILENAME, load_manifest
 from trainer.rundir import RunDir
 
 
@@ -61,7 +61,7 @@ def test_service_top1_equals_the_trainer_in_process_prediction(tiny_bundle):
     config = load_config(run.config)
     labels = run.read_labels()
     model = load_eager_model(run, config, labels)
-    from trainer.transforms import eval_transform, load_image
+    from imgcls.preprocess import eval_transform, load_image
 
     transform = eval_transform(manifest.preprocess)
     samples = [s for part in run.read_splits(labels).values() for s in part]

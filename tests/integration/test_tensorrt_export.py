@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from imgcls.errors import ExportError
+from imgcls.manifest import EngineInfo, load_manifest, verify_artifacts
 from tests.unit.test_tensorrt_path import HERE as PLATFORM
 from trainer.config import load_config
-from trainer.errors import ExportError
 from trainer.export import export_bundle, load_eager_model
-from trainer.manifest import EngineInfo, load_manifest, verify_artifacts
 from trainer.rundir import RunDir
 
 

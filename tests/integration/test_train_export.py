@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trainer.errors import DataError, ExportError
+from imgcls.errors import DataError, ExportError
+from imgcls.manifest import load_manifest, verify_artifacts
 from trainer.export import export_bundle
-from trainer.manifest import load_manifest, verify_artifacts
 from trainer.rundir import RunDir
 from trainer.train import train
 
@@ -157,7 +157,7 @@ def test_resume_after_a_crash_continues_the_run_bit_for_bit(
 
 
 def test_resume_refuses_changes_to_what_the_checkpoint_was_trained_with(make_imagefolder, tiny_config):
-    from trainer.errors import ConfigError
+    from imgcls.errors import ConfigError
 
     run = train(
         tiny_config(make_imagefolder(classes=2, per_class=10), "train.epochs=1", "export.enabled=false")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from imgcls.errors import ConfigError
 from trainer.config import RunConfig, config_digest, load_config
-from trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

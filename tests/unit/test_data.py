@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from imgcls.errors import DataError
 from tests.conftest import make_image
 from trainer.data import discover, scan_images
-from trainer.errors import DataError
 
 
 def _write_csv(path: Path, text: str) -> Path:

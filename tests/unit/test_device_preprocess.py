@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls.manifest import PreprocessSpec
 from service.device_preprocess import DevicePreprocessor, EncodedJpeg
 from service.errors import BadInputError
 from service.preprocess import Preprocessor
-from trainer.manifest import PreprocessSpec
 
 
 def _encoded(fmt: str, seed: int, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> bytes:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from trainer.errors import BundleError
-from trainer.manifest import (
+from imgcls.errors import BundleError
+from imgcls.manifest import (
     Artifact,
     InputSpec,
     Manifest,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.errors import ModelError, WeightsNotFoundError
+from imgcls.errors import ModelError, WeightsNotFoundError
 from trainer.models import MODEL_NAMES, create_model
 
 

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from benchmarks.peers.common import PredictRequest, load_model, parse_args, resolve_bundle
+from imgcls.errors import ImgclsError
+from imgcls.manifest import MANIFEST_FILENAME, load_manifest
 from tests.conftest import require_module
-from trainer.errors import ImgclsError
-from trainer.manifest import MANIFEST_FILENAME, load_manifest
 
 INSTALL_PEERS = "make test-peers, or pip install -e '.[peers]'"
 

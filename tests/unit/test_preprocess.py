@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls.manifest import PreprocessSpec
+from imgcls.preprocess import eval_transform, load_image
 from service.errors import BadInputError
 from service.preprocess import Preprocessor
-from trainer.manifest import PreprocessSpec
-from trainer.transforms import eval_transform, load_image
 
 RGB_SPEC = PreprocessSpec(
     resize=18, crop_height=16, crop_width=16, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), color_mode="RGB"

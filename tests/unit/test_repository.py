@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ModelNotFoundError
-from service.repository import ModelRepository
-from trainer.errors import BundleError
-from trainer.manifest import MANIFEST_FILENAME, load_manifest
+from imgcls.errors import BundleError, ModelNotFoundError
+from imgcls.manifest import MANIFEST_FILENAME, load_manifest
+from imgcls.repository import ModelRepository
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from imgcls.errors import DataError
 from trainer.data import DataSource, Sample
-from trainer.errors import DataError
 from trainer.splits import read_split_file, resolve_splits, stratified_split, write_split_file
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from imgcls.engine_platform import engine_mismatch
+from imgcls.errors import ExportError
+from imgcls.manifest import Artifact, Calibration, EngineInfo, ParityResult
 from service.errors import RuntimeUnavailableError
 from service.runtimes import TensorRTRuntime, _candidates, served_label
 from tests.conftest import skip_if_torch_tensorrt_installed
 from trainer.artifacts import artifact_file, artifact_plan, needs_calibration
 from trainer.config import ExportConfig, RunConfig
-from trainer.errors import ExportError
-from trainer.manifest import Artifact, Calibration, EngineInfo, ParityResult
-from trainer.tensorrt import TENSORRT_INSTALL_HINT, engine_mismatch, require_tensorrt
+from trainer.tensorrt import TENSORRT_INSTALL_HINT, require_tensorrt
 
 from .test_manifest import _manifest
 
@@ -220,11 +221,11 @@ def test_cpu_tries_int8_onnx_only_when_it_passed_parity_and_nothing_is_pinned():
 def test_an_engine_for_another_gpu_is_refused_before_it_is_loaded(monkeypatch, tmp_path):
     import torch
 
-    import trainer.tensorrt as tensorrt_module
+    import imgcls.engine_platform as engine_platform
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(
-        tensorrt_module,
+        engine_platform,
         "platform_info",
         lambda: {**HERE, "compute_capability": "8.9", "gpu_name": "NVIDIA L4"},
     )
@@ -253,13 +254,13 @@ def test_a_tensorrt_platform_that_cannot_be_read_makes_the_runtime_unavailable_n
 ):
     import torch
 
-    import trainer.tensorrt as tensorrt_module
+    import imgcls.engine_platform as engine_platform
 
     def broken():
         raise platform
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(tensorrt_module, "platform_info", broken)
+    monkeypatch.setattr(engine_platform, "platform_info", broken)
     with pytest.raises(RuntimeUnavailableError, match=expected):
         TensorRTRuntime(tmp_path / "e.ts", precision="fp16", engine=_engine())
     with pytest.raises(RuntimeUnavailableError, match="records no engine build info"):

@@ -8,17 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from imgcls.manifest import IMAGENET_MEAN, PreprocessSpec
+from imgcls.preprocess import eval_transform, load_image, to_color_mode
 from trainer.config import AugmentConfig, EvalTransformConfig
-from trainer.manifest import PreprocessSpec
-from trainer.transforms import (
-    IMAGENET_MEAN,
-    batch_mixer,
-    eval_transform,
-    load_image,
-    preprocess_spec,
-    to_color_mode,
-    train_transform,
-)
+from trainer.transforms import batch_mixer, preprocess_spec, train_transform
 
 
 def test_preprocess_spec_defaults_follow_the_imagenet_convention():
@@ -137,7 +130,7 @@ def test_the_fast_jpeg_path_is_pixel_identical_to_pillow(
     """decode_to_tensor's torchvision path must equal a plain Pillow decode, EXIF orientation included."""
     from torchvision.transforms.v2 import functional as F
 
-    from trainer.transforms import decode_converted, decode_to_tensor
+    from imgcls.preprocess import decode_converted, decode_to_tensor
 
     rng = np.random.default_rng(subsampling)
     exif = Image.Exif()

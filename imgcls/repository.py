@@ -3,6 +3,8 @@
 Every bundle's manifest is validated and its artifacts' sizes and sha256 checked before anything
 loads. A bundle that fails is kept, not ready, with the reason, so the others still serve and an
 operator can see why. Hidden folders (``.1.staging-…`` written by ``imgcls export``) are skipped.
+Version rules live here too: a new export takes :func:`next_version`, an unversioned request
+:func:`select_version`'s highest usable one.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from service.errors import ModelNotFoundError
-from trainer.errors import BundleError
-from trainer.manifest import Manifest, load_manifest, verify_artifacts
+from imgcls.errors import BundleError, ModelNotFoundError
+from imgcls.manifest import Manifest, load_manifest, verify_artifacts
 
-__all__ = ["BundleRef", "ModelRepository", "load_bundle", "select_version"]
+__all__ = ["BundleRef", "ModelRepository", "load_bundle", "next_version", "select_version"]
 
 T = TypeVar("T")
 
@@ -117,3 +118,13 @@ def select_version(
             f"model {name!r} has no version {version}; versions: {', '.join(map(str, sorted(versions)))}"
         )
     return versions[version]
+
+
+def next_version(model_dir: Path) -> int:
+    """One above the highest numeric version folder of ``model_dir`` (1 for a new model)."""
+    versions = (
+        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        if model_dir.is_dir()
+        else []
+    )
+    return max(versions, default=0) + 1

@@ -3,7 +3,7 @@
 A bundle is a directory ``models/<name>/<version>/`` holding ``manifest.json`` and the model
 files it lists. The trainer writes it (``trainer.export``); the service reads it with
 :func:`load_manifest` and :func:`verify_artifacts`, and builds its preprocessing from
-``manifest.preprocess`` rather than from copied constants.
+``manifest.preprocess`` (``imgcls.preprocess``) rather than from copied constants.
 
 This module imports only pydantic and the standard library, so the service can use it
 without pulling in the trainer's dependencies.
@@ -20,9 +20,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainer.errors import BundleError
+from imgcls.errors import BundleError, describe_validation_errors
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "MANIFEST_FILENAME",
     "MODEL_NAME_PATTERN",
     "SCHEMA_VERSION",
@@ -51,6 +53,9 @@ Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,6 +78,31 @@ class PreprocessSpec(_Strict):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     color_mode: ColorMode = "RGB"
+
+    @classmethod
+    def resolve(
+        cls,
+        image_size: int,
+        *,
+        resize: int | None = None,
+        interpolation: Interpolation = "bilinear",
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        color_mode: ColorMode = "RGB",
+    ) -> PreprocessSpec:
+        """The spec for a square ``image_size`` input, defaults filled in: ImageNet's mean and std for RGB
+        (0.5 for grayscale), and the timm/torchvision resize of the shorter side to ``image_size / 0.875``
+        (224 -> 256) before the center crop. The one place those defaults live."""
+        rgb = color_mode == "RGB"
+        return cls(
+            resize=resize if resize is not None else round(image_size / 0.875),
+            crop_height=image_size,
+            crop_width=image_size,
+            interpolation=interpolation,
+            mean=tuple(float(m) for m in (mean if mean is not None else IMAGENET_MEAN if rgb else (0.5,))),
+            std=tuple(float(s) for s in (std if std is not None else IMAGENET_STD if rgb else (0.5,))),
+            color_mode=color_mode,
+        )
 
     @property
     def channels(self) -> int:
@@ -340,9 +370,7 @@ def load_manifest(bundle_dir: Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_validation_errors(exc.errors(), with_input=False)
         raise BundleError(f"{path}: invalid manifest: {problems}") from None
 
 

@@ -1,0 +1,103 @@
+"""``imgcls serve|predict``: the service's commands.
+
+``imgcls.cli`` puts them on the ``imgcls`` command line and turns errors into exit codes there.
+``serve`` validates the settings and checks what can be checked before the server starts, so a
+mistake is one line and exit code 2, not a failed start-up in the log.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer()
+
+
+@app.command()
+def serve(
+    model_repo: Annotated[
+        Path | None, typer.Option(help="Model repository: <repo>/<name>/<version>/manifest.json.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="auto, onnxruntime, onnxruntime-int8, torchscript or tensorrt (default auto)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default auto).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json (one object per line) or text.")] = None,
+) -> None:
+    """Serve every bundle in the model repository over HTTP: KServe v1 and the Open Inference Protocol v2
+    (Triton's clients), with dynamic batching, Prometheus metrics at /metrics and graceful shutdown.
+
+    Every setting can also come from the environment: IMGCLS_MODEL_REPO, IMGCLS_PORT,
+    IMGCLS_BATCHING__MAX_BATCH_SIZE, IMGCLS_MODELS='{"digits": {"max_batch_size": 16}}', ...
+    """
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from imgcls.errors import ConfigError, describe_validation_errors
+    from service.preflight import check_can_start
+    from service.settings import Settings
+
+    given = {
+        "model_repo": model_repo,
+        "host": host,
+        "port": port,
+        "runtime": runtime,
+        "device": device,
+        "log_level": log_level,
+        "log_format": log_format,
+    }
+    flags = {k: v for k, v in given.items() if v is not None}
+
+    def setting_name(loc: tuple[int | str, ...]) -> str:
+        """The flag the user gave, else the environment variable the value came from."""
+        if len(loc) == 1 and loc[0] in flags:
+            return f"--{str(loc[0]).replace('_', '-')}"
+        return f"IMGCLS_{'__'.join(str(p) for p in loc).upper()}"
+
+    try:
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        problems = describe_validation_errors(exc.errors(), name=setting_name)
+        raise ConfigError(f"invalid service settings: {problems}") from None
+    except SettingsError as exc:  # an IMGCLS_* variable that holds an object or a list is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))  # pydantic-settings names the field only in its message
+        name = f"IMGCLS_{field.group(1).upper()}" if field else "an IMGCLS_* variable"
+        raise ConfigError(
+            f"invalid service settings: {name} is not valid JSON ({exc.__cause__ or exc}); objects and lists "
+            """are JSON, e.g. IMGCLS_MODELS='{"digits": {"max_batch_size": 16}}', IMGCLS_API_KEYS='["key"]'"""
+        ) from None
+    # Everything that can be known before the server starts is checked here, so that a mistake is one
+    # line and exit code 2, not a failed start-up in the log.
+    check_can_start(settings)
+    from service.server import serve as run_server
+
+    run_server(settings)
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option(help="Model name in the repository.")] = "digits",
+    version: Annotated[int | None, typer.Option(help="Model version (default: the highest ready).")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+    multipart: Annotated[bool, typer.Option(help="Upload as multipart/form-data instead of JSON.")] = False,
+) -> None:
+    """Send images to a running `imgcls serve` and print the predicted classes."""
+    from service.client import predict_files
+
+    answer = predict_files(url, model, files, version=version, top_k=top_k, multipart=multipart)
+    width = max(len(str(f)) for f in files)
+    for path, prediction in zip(files, answer["predictions"], strict=True):
+        ranked = "  ".join(f"{p['label']} {p['score']:.3f}" for p in prediction["top_k"])
+        typer.echo(f"{path!s:<{width}}  {prediction['label']:<8} {ranked}")
+    typer.echo(f"model {answer['model_name']} v{answer['model_version']}")
