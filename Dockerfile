@@ -14,8 +14,8 @@
 # trains and builds TensorRT engines on the GPU that will serve them.
 #
 # The model repository is mounted at /models (IMGCLS_MODEL_REPO). Every setting is an IMGCLS_*
-# variable (README, Serving and Operations): `docker run -e IMGCLS_PORT=9000 -e IMGCLS_METRICS_PORT=9090 ...`.
-# The README's Deploy section covers building, running and deploying both targets.
+# variable (docs/serving.md and docs/operations.md): `docker run -e IMGCLS_PORT=9000 -e IMGCLS_METRICS_PORT=9090 ...`.
+# docs/deployment.md covers building, running and deploying both targets.
 
 # ---- wheel: imgcls itself, and the list of its dependencies (train extra too) but torch/torchvision ----
 FROM python:3.11-slim-bookworm AS wheel

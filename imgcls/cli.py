@@ -18,6 +18,7 @@ import typer
 
 from benchmarks import cli as benchmarks_cli
 from imgcls.errors import ImgclsError
+from imgcls.extras import missing_requirements
 from imgcls.usage import click
 from service import cli as service_cli
 from trainer import cli as trainer_cli
@@ -81,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1
+    except ModuleNotFoundError as exc:
+        # A command reached a library of an extra that is not installed (commands check theirs first;
+        # this is the net under the ones that reach one further in).
+        missing = missing_requirements("train")
+        if not missing:
+            raise
+        typer.echo(
+            f"error: this command needs the Python module {exc.name!r}, which is not installed; the train "
+            f'extra is incomplete here (missing: {", ".join(missing)}): pip install "imgcls[train]"',
+            err=True,
+        )
+        return 2
     if code == 130:  # typer turns a Ctrl-C inside a command into Exit(130)
         typer.echo("interrupted", err=True)
     return code if isinstance(code, int) else 0

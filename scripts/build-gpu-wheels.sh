@@ -49,4 +49,4 @@ while read -r pin; do
 done <"$DEST/carried.txt"
 
 "$PY" "$ROOT/scripts/gpu_wheels.py" check "$DEST" --budget-mib "$BUDGET_MIB"
-echo "ready: carry .whl with scripts/gpu-check.sh (README, 'Running the GPU check')"
+echo "ready: carry .whl with scripts/gpu-check.sh (docs/performance.md, 'Running the GPU check')"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: one command for the GPU machine (README, "Running the GPU check").
+# The GPU check: one command for the GPU machine (docs/performance.md, "Running the GPU check").
 #
 #   OUT=DIR bash scripts/gpu-check.sh [--budget-s 420] [--only tests,export,runtimes,pipeline]
 #                                     [--model resnet50] [--cpu-bench]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import error_response
 from imgcls.errors import ConfigError
+from service.errors import error_response
 
 __all__ = ["ApiKeyMiddleware", "load_api_keys"]
 

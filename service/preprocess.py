@@ -30,7 +30,7 @@ def init_decode_thread() -> None:
 
     Parallelism across images comes from the pool's threads; torch's intra-op threads on top (its
     default, all cores, per decoding thread) more than doubled the CPU each image cost on a 2-core
-    machine (README, Performance). The count is per thread in torch's OpenMP backend, and the
+    machine (docs/performance.md). The count is per thread in torch's OpenMP backend, and the
     runtimes set their own on the inference thread.
     """
     torch.set_num_threads(1)

@@ -82,7 +82,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_config=None,  # keep the handlers configure_logging installed
         access_log=False,
-        workers=1,  # each process would load every model and batch only its own requests (see README)
+        workers=1,  # each process would load every model and batch only its own requests (docs/serving.md, Dynamic batching)
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
     server = DrainingServer(config, application, settings.shutdown_grace_s, settings.shutdown_min_drain_s)

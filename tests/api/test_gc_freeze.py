@@ -1,5 +1,5 @@
 """Once the models are loaded, what exists is frozen out of the cyclic GC (full collections stalled
-every thread for about 200 ms and made the p99 under load; README, Performance)."""
+every thread for about 200 ms and made the p99 under load; docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from tests.conftest import require_tool, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-# The overlays the README deploys, and those plus the example built on them.
+# The overlays docs/deployment.md deploys, and those plus the example built on them.
 DEPLOYABLE = ["overlays/cpu", "overlays/gpu", "overlays/keda-cpu", "overlays/keda-gpu"]
 EVERY_SERVER = [*DEPLOYABLE, "examples/model-from-object-storage"]
 

@@ -32,7 +32,7 @@ from tests.deploy.conftest import (
 WITH_HPA = ["overlays/cpu", "overlays/gpu", "examples/model-from-object-storage"]
 WITH_KEDA = ["overlays/keda-cpu", "overlays/keda-gpu"]
 ADAPTER = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-values.yaml").read_text())
-# The benchmark the HPA target was derived from (README, Deploy: capacity planning).
+# The benchmark the HPA target was derived from (docs/deployment.md, Capacity planning).
 BENCHMARK = ROOT / "benchmarks" / "results" / "2026-11-23-vm-compare-mobilenet_v3_small" / "results.json"
 HEADROOM = 0.7  # scale out at 70 % of the load that met the latency target
 
@@ -218,7 +218,7 @@ def test_the_adapter_and_keda_queries_are_valid_promql(rendered, tmp_path):
 
 
 def test_the_hpa_target_is_70_percent_of_the_requests_in_flight_measured_at_the_latency_target(rendered):
-    """Little's law on the recorded benchmark: in flight = throughput x mean latency (README, Deploy)."""
+    """Little's law on the recorded benchmark: in flight = throughput x mean latency (docs/deployment.md, Capacity planning)."""
     rows = json.loads(BENCHMARK.read_text())["rows"]
     (measured,) = [r for r in rows if r["server"] == "imgcls" and r["concurrency"] == 32]
     in_flight = measured["requests_per_s"] * measured["mean_ms"] / 1000

@@ -123,14 +123,16 @@ def test_the_gpu_image_keeps_ngcs_torch_and_installs_imgcls_without_dependencies
 
 def test_the_gpu_images_dependency_lists_are_pyprojects_minus_what_ngc_ships(tmp_path):
     """Run the wheel stage's own one-liners against the real pyproject.toml: NGC ships torch,
-    torchvision and torch-tensorrt; the rest of the dependencies and of the tensorrt extra
-    (nvidia-modelopt) are installed."""
+    torchvision and torch-tensorrt; the rest of the dependencies, the train extra (the GPU image
+    trains and builds engines) and the tensorrt extra (nvidia-modelopt) are installed."""
     runs = " ".join(rest for k, rest in _stages()["wheel"][1] if k == "RUN")
     (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
     project = PYPROJECT["project"]
     expected = {
         "requirements-not-torch.txt": [
-            d for d in project["dependencies"] if not d.startswith(("torch=", "torchvision="))
+            d
+            for d in project["dependencies"] + project["optional-dependencies"]["train"]
+            if not d.startswith(("torch=", "torchvision="))
         ],
         "requirements-tensorrt.txt": [
             d for d in project["optional-dependencies"]["tensorrt"] if not d.startswith("torch-tensorrt")
@@ -146,6 +148,16 @@ def test_the_gpu_images_dependency_lists_are_pyprojects_minus_what_ngc_ships(tmp
     assert any(d.startswith("nvidia-modelopt") for d in expected["requirements-tensorrt.txt"])
     gpu_runs = " ".join(rest for k, rest in _stages()["gpu"][1] if k == "RUN")
     assert "|| pip install -r /dist/requirements-tensorrt.txt" in gpu_runs
+
+
+def test_the_cpu_image_installs_only_what_serving_needs():
+    """`pip install imgcls` without extras: no timm, scikit-learn, matplotlib or tensorboard."""
+    runs = " ".join(rest for k, rest in _stages()["cpu-build"][1] if k == "RUN")
+    installs = re.findall(r"pip install [^&]*?(/dist/imgcls-\S+)", runs)
+    assert installs == ["/dist/imgcls-*.whl"], runs
+    train = {re.split(r"[\s<>=!~;\[]", d)[0] for d in PYPROJECT["project"]["optional-dependencies"]["train"]}
+    assert {"timm", "scikit-learn", "matplotlib", "tensorboard"} <= train
+    assert not train & {re.split(r"[\s<>=!~;\[]", d)[0] for d in PYPROJECT["project"]["dependencies"]}
 
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])

@@ -32,7 +32,7 @@ CUSTOM = {
 }
 
 
-# Not a kustomization: the one-off pod that fills the model repository volume (README, Deploy).
+# Not a kustomization: the one-off pod that fills the model repository volume (docs/deployment.md, Deploy on GPU or CPU nodes).
 LOADER = yaml.safe_load((K8S / "examples" / "models-loader.yaml").read_text())
 
 
@@ -52,7 +52,7 @@ def _validate(documents: list[dict], version: str, tmp_path: Path) -> subprocess
     )
 
 
-def test_the_overlays_the_readme_deploys_are_all_shipped():
+def test_the_overlays_the_deployment_guide_deploys_are_all_shipped():
     assert set(DEPLOYABLE) <= set(kustomizations()), kustomizations()
 
 

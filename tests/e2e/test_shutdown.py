@@ -1,5 +1,5 @@
 """SIGTERM in the middle of a load: readiness drops at once, no accepted request is lost, exit code 0.
-A second signal while a request is still in flight stops the server at once (README, Shutdown)."""
+A second signal while a request is still in flight stops the server at once (docs/operations.md, Shutdown)."""
 
 from __future__ import annotations
 

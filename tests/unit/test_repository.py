@@ -1,25 +1,63 @@
 from __future__ import annotations
 
+import hashlib
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from imgcls.errors import BundleError, ModelNotFoundError
-from imgcls.manifest import MANIFEST_FILENAME, load_manifest
+from imgcls.manifest import (
+    MANIFEST_FILENAME,
+    Artifact,
+    InputSpec,
+    Manifest,
+    ParityResult,
+    PreprocessSpec,
+    SourceInfo,
+)
 from imgcls.repository import ModelRepository
 
 
+def _write_bundle(folder: Path, name: str, version: int) -> None:
+    """A bundle the repository accepts: a manifest whose one artifact's size and sha256 match its file
+    (what the repository verifies; nothing here loads a model)."""
+    payload = f"model {name} v{version}".encode()
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(payload)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        labels=("a", "b", "c"),
+        preprocess=PreprocessSpec.resolve(20),
+        input=InputSpec(channels=3, height=20, width=20),
+        artifacts=(
+            Artifact(
+                format="onnx",
+                path="model.onnx",
+                sha256=hashlib.sha256(payload).hexdigest(),
+                size_bytes=len(payload),
+                parity=ParityResult(
+                    samples=4, top1_agreement=1.0, max_abs_diff=0.0, tolerance=1e-4, passed=True
+                ),
+            ),
+        ),
+        metrics={"accuracy": 1.0},
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        architecture="simple_cnn",
+        config_digest="0" * 64,
+        source=SourceInfo(run_dir="runs/tiny", imgcls_version="0.1.0", torch_version="2.14.1"),
+    )
+    (folder / MANIFEST_FILENAME).write_text(manifest.to_json())
+
+
 @pytest.fixture
-def repo(tiny_bundle, tmp_path: Path) -> Path:
-    """models/tiny/{1,2}/ copies of the real tiny bundle (manifests renumbered to match)."""
-    bundle, _ = tiny_bundle
+def repo(tmp_path: Path) -> Path:
+    """models/tiny/{1,2}/, and a hidden staging folder an export in progress would leave."""
     root = tmp_path / "models"
     for version in (1, 2):
-        target = root / "tiny" / str(version)
-        shutil.copytree(bundle, target)
-        manifest = load_manifest(bundle).model_copy(update={"version": version})
-        (target / MANIFEST_FILENAME).write_text(manifest.to_json())
+        _write_bundle(root / "tiny" / str(version), "tiny", version)
     (root / "tiny" / ".3.staging-x").mkdir()  # an export in progress: never loaded
     return root
 
