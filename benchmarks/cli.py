@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from imgcls.errors import describe_error
+from imgcls.extras import require_extra
 from imgcls.usage import click
 
 if TYPE_CHECKING:
@@ -344,7 +345,7 @@ def bench_compare(
     payloads, pictures, described = _server_payloads("v1", model, images, jpeg, manifest.input.shape)
     reference: dict = {}
     if ceiling:
-        from benchmarks.runtimes import measure_ceiling
+        from benchmarks.ceiling import measure_ceiling
 
         reference = measure_ceiling(bundle, pictures, seconds=3.0, log=typer.echo)
         typer.echo(
@@ -516,6 +517,7 @@ def evaluate(
     """
     import json
 
+    require_extra("train", "imgcls evaluate")  # it scores the run's eager model too
     from benchmarks.evaluate import evaluate_bundle
     from imgcls.manifest import load_manifest
 

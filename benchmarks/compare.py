@@ -3,7 +3,7 @@ same bundle, same preprocessing, same request bodies, same load generator, same 
 
 The peers live in ``benchmarks/peers/`` (install their frameworks with ``pip install -e .[peers]``);
 a peer whose framework is not installed is listed with the reason and skipped, never faked. The
-in-process ceiling is measured in the same run (see ``benchmarks.runtimes``), so the table shows how
+in-process ceiling is measured in the same run (see ``benchmarks.ceiling``), so the table shows how
 close each server comes to what the hardware can do.
 """
 

@@ -17,9 +17,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from benchmarks.artifact_runtimes import load_every_artifact
 from imgcls.errors import BundleError, ConfigError, ImgclsError
 from imgcls.manifest import Manifest, load_manifest, verify_artifacts
 from imgcls.preprocess import eval_transform, load_image
+from service.runtimes import resolve_device
 from trainer.export import load_eager_model
 from trainer.report import classification_metrics
 from trainer.rundir import RunDir
@@ -32,8 +34,8 @@ _SUMMARY_METRICS = ("accuracy", "top5_accuracy", "f1_macro")
 
 @dataclass(frozen=True)
 class ArtifactScore:
-    """One runtime's results on the split. ``label`` is ``eager`` or a runtime label
-    (``onnxruntime-int8``, ``tensorrt-fp16``)."""
+    """One runtime's results on the split. ``label`` is ``eager`` or the artifact's label
+    (:func:`imgcls.formats.artifact_label`: ``onnxruntime-int8``, ``tensorrt-fp16``)."""
 
     label: str
     precision: str
@@ -50,7 +52,7 @@ class BundleEvaluation:
     split: str
     samples: int
     scores: tuple[ArtifactScore, ...]
-    not_loaded: dict[str, str]  # runtime label -> why it could not be loaded here
+    not_loaded: dict[str, str]  # artifact label -> why it could not be loaded here
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,8 +60,6 @@ class BundleEvaluation:
 
 def _usable_device(device: str) -> str:
     """``auto``, ``cpu`` or ``cuda`` -> the device to run on; ConfigError naming the fix otherwise."""
-    from service.runtimes import resolve_device
-
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda")
     if device == "cuda" and not torch.cuda.is_available():
@@ -113,8 +113,6 @@ def evaluate_bundle(
     intra_op_threads: int | None = None,
 ) -> BundleEvaluation:
     """Score the run's eager model and each artifact of the bundle on ``split`` of the run."""
-    from service.runtimes import load_every_artifact
-
     bundle_dir, run = Path(bundle_dir), RunDir(Path(run_dir))
     manifest = load_manifest(bundle_dir)
     verify_artifacts(bundle_dir, manifest)

@@ -67,7 +67,7 @@ class Scrape:
 def parse_scrape(metrics_text: str, model: str, at: float) -> Scrape:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from service.runtimes import runtime_label
+    from imgcls.formats import runtime_label
 
     stages = dict.fromkeys(_SECONDS_SUMS.values(), 0.0)
     cpu, runtime = 0.0, None
@@ -164,9 +164,9 @@ def run_pipeline(
 
     In-process and served runtimes get the same ``intra_op_threads`` (CPU), so the served rows'
     share of the in-process figure is what HTTP, batching and decoding cost, not a thread count."""
+    from benchmarks.artifact_runtimes import served_label
     from benchmarks.images import pixel_tensors
     from imgcls.manifest import load_manifest
-    from service.runtimes import served_label
 
     manifest = load_manifest(bundle_dir)
     runtimes, skipped = available_runtimes(

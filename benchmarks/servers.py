@@ -62,7 +62,7 @@ def _local_server(program: list[str], model_repo: Path, port: int, *options: str
 def imgcls_server(model_repo: Path, port: int, *, env: dict[str, str] | None = None) -> ServerSpec:
     """`imgcls serve` over ``model_repo`` with text logs at warning level (the load is not logged)."""
     command = _local_server(
-        ["trainer", "serve"], model_repo, port, "--log-level", "warning", "--log-format", "text"
+        ["imgcls", "serve"], model_repo, port, "--log-level", "warning", "--log-format", "text"
     )
     return ServerSpec(label="imgcls", command=command, env=env or {})
 

@@ -27,7 +27,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     runtime: Annotated[
         str | None,
-        typer.Option(help="auto, onnxruntime, onnxruntime-int8, torchscript or tensorrt (default auto)."),
+        typer.Option(
+            help="auto, or the export format to serve: torchscript, onnx, onnx-int8 or tensorrt (default auto)."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default auto).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,

@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imgcls.formats import OLD_RUNTIME_NAMES, FormatName
 
 __all__ = [
     "BatchingSettings",
@@ -24,8 +26,15 @@ __all__ = [
     "usable_cores",
 ]
 
-# onnxruntime: the FP32 ONNX model; onnxruntime-int8: the INT8 one (auto picks it on CPU when it passed parity)
-RuntimeChoice = Literal["auto", "onnxruntime", "onnxruntime-int8", "torchscript", "tensorrt"]
+
+def _new_runtime_name(value: object) -> object:
+    """``onnxruntime`` and ``onnxruntime-int8``, the names before ``imgcls.formats``, still work."""
+    return OLD_RUNTIME_NAMES.get(value, value) if isinstance(value, str) else value
+
+
+# auto, or the export format to serve (imgcls.formats): onnx is the FP32 ONNX model, onnx-int8 the INT8
+# one (auto picks it on CPU when it passed parity). A wrong value is refused naming these.
+RuntimeChoice = Annotated[Literal["auto", FormatName], BeforeValidator(_new_runtime_name)]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 

@@ -14,15 +14,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from imgcls.errors import ExportError, describe_error
+from imgcls.formats import EXPORT_FORMATS, FORMAT_NAMES, format_named
 from imgcls.manifest import Calibration, EngineInfo
-from trainer.config import ExportFormat, RunConfig, TensorRTPrecision
+from trainer.config import RunConfig, TensorRTPrecision
 from trainer.quantize import quantize_onnx_int8
 from trainer.transforms import preprocess_spec
 
@@ -39,7 +40,8 @@ __all__ = [
     "needs_calibration",
 ]
 
-ARTIFACT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+# The formats written in one precision, by name -> their file in the bundle (imgcls.formats' table).
+ARTIFACT_FILES = {f.name: f.file_for() for f in EXPORT_FORMATS if len(f.precisions) == 1}
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,9 @@ _EXPORTERS = {
     "torchscript": (_export_torchscript, _run_torchscript),
     "onnx": (_export_onnx, _run_onnx),
 }
-FORMATS: tuple[str, ...] = get_args(ExportFormat)  # the config accepts exactly these
-REDUCED_PRECISION_FORMATS = frozenset({"onnx-int8", "tensorrt"})  # checked on top-1 agreement
+FORMATS: tuple[str, ...] = FORMAT_NAMES  # the config accepts exactly these
+# checked against the eager model on top-1 agreement, not numerically
+REDUCED_PRECISION_FORMATS = frozenset(f.name for f in EXPORT_FORMATS if f.reduced_precision)
 
 
 def needs_calibration(formats: tuple[str, ...], config: RunConfig) -> bool:
@@ -139,11 +142,8 @@ def artifact_plan(formats: tuple[str, ...], config: RunConfig) -> list[tuple[str
 
 
 def artifact_file(fmt: str, precision: TensorRTPrecision | None = None) -> str:
-    if fmt == "tensorrt":
-        if precision is None:
-            raise ValueError("a TensorRT artifact's file name needs its precision")
-        return f"model.tensorrt-{precision}.ts"
-    return ARTIFACT_FILES[fmt]
+    """The bundle file of format ``fmt`` (a ``tensorrt`` engine needs its ``precision``)."""
+    return format_named(fmt).file_for(precision)
 
 
 def _write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, config: RunConfig) -> None:

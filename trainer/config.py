@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgcls.errors import ConfigError, describe_validation_errors
+from imgcls.formats import FormatName
 
 __all__ = [
     "RESUMABLE_FIELDS",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-ExportFormat = Literal["torchscript", "onnx", "onnx-int8", "tensorrt"]
+ExportFormat = FormatName  # the names in imgcls.formats' table
 TensorRTPrecision = Literal["fp16", "int8", "fp8"]
 
 

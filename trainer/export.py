@@ -28,6 +28,7 @@ from torch import nn
 
 import imgcls
 from imgcls.errors import ConfigError, ExportError, QualityGateError, describe_validation_errors
+from imgcls.formats import format_named
 from imgcls.manifest import (
     MANIFEST_FILENAME,
     MODEL_NAME_PATTERN,
@@ -276,15 +277,15 @@ def _write_bundle(
                 # the artifact is still right for measuring speed, and the service will not pick it.
                 log.warning(
                     "%s: top-1 agreement %.2f%% on seeded noise, below the %.0f%% required; kept for speed "
-                    "tests of this random-init bundle (serve it with runtime %s), never chosen automatically",
+                    "tests of this random-init bundle (serve it with --runtime %s), never chosen automatically",
                     path.name,
                     100 * parity.top1_agreement,
                     100 * parity.min_top1_agreement,
-                    "tensorrt" if fmt == "tensorrt" else "onnxruntime-int8",
+                    fmt,
                 )
             artifacts.append(
                 Artifact(
-                    format="torchscript_tensorrt" if fmt == "tensorrt" else fmt.removesuffix("-int8"),
+                    format=format_named(fmt).artifact_format,
                     path=path.name,
                     precision=built.precision,
                     sha256=sha256_file(path),

@@ -41,8 +41,8 @@ __all__ = [
 TENSORRT_INSTALL_HINT = (
     "build TensorRT engines in imgcls's GPU image (`docker build -t imgcls:0.1.0-gpu .`: "
     "nvcr.io/nvidia/pytorch:26.09-py3, which ships torch-tensorrt 2.14 with TensorRT 11.1, plus imgcls "
-    "and nvidia-modelopt), on the GPU model that will serve them (README, 'TensorRT engines, step by "
-    "step'); elsewhere `pip install -e '.[tensorrt]'` needs TensorRT 11.1 from NVIDIA's index"
+    "and nvidia-modelopt), on the GPU model that will serve them (docs/bundle.md, 'TensorRT engines, step by "
+    "step'); elsewhere `pip install -e '.[train,tensorrt]'` needs TensorRT 11.1 from NVIDIA's index"
 )
 
 

@@ -56,7 +56,7 @@ def test_the_split_can_be_chosen(bundle_with_int8):
 
 
 def test_an_artifact_that_cannot_load_here_is_listed_with_the_reason(bundle_with_int8, monkeypatch):
-    import service.runtimes as runtimes_module
+    import service.runtimes.choice as runtimes_module
 
     def unavailable(*args, **kwargs):
         raise RuntimeUnavailableError("onnxruntime has no provider for this device")
@@ -118,9 +118,9 @@ def test_cli_rejects_an_unknown_split_and_a_mismatched_run_with_exit_2(bundle_wi
 
 
 def test_each_runtime_gets_batches_no_larger_than_it_accepts(bundle_with_int8, monkeypatch):
-    import service.runtimes as runtimes_module
+    import benchmarks.evaluate as evaluate_module
 
-    loaded_every_artifact = runtimes_module.load_every_artifact
+    loaded_every_artifact = evaluate_module.load_every_artifact
     seen: list[int] = []
 
     def engine_like(*args, **kwargs):
@@ -136,7 +136,7 @@ def test_each_runtime_gets_batches_no_larger_than_it_accepts(bundle_with_int8, m
         onnx.infer = recorded
         return runtimes, failed
 
-    monkeypatch.setattr(runtimes_module, "load_every_artifact", engine_like)
+    monkeypatch.setattr(evaluate_module, "load_every_artifact", engine_like)
     bundle, result = bundle_with_int8
     evaluation = evaluate_bundle(bundle, result.run_dir, device="cpu", batch_size=5)
     assert seen and max(seen) == 2 and sum(seen) == evaluation.samples

@@ -11,7 +11,8 @@ import torch
 from imgcls.manifest import MANIFEST_FILENAME, load_manifest
 from service.errors import RuntimeUnavailableError
 from service.preprocess import Preprocessor
-from service.runtimes import OnnxRuntime, TorchScriptRuntime, choose_runtime, prefer_channels_last
+from service.runtimes import OnnxRuntime, TorchScriptRuntime, choose_runtime
+from service.runtimes.torchscript import prefer_channels_last
 from trainer.config import load_config
 from trainer.export import load_eager_model
 from trainer.rundir import RunDir

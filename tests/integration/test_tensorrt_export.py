@@ -92,7 +92,7 @@ def test_int8_engine_is_calibrated_on_training_images(tiny_run, stand_in_engine)
 
 
 def test_fp16_and_int8_engines_share_one_bundle_and_cuda_serves_int8_first(tiny_run, stand_in_engine):
-    from service.runtimes import _candidates
+    from service.runtimes import candidates as _candidates
 
     result, root = tiny_run
     exported = export_bundle(

@@ -12,8 +12,8 @@ from benchmarks.batching import BatchingSetting, mean_batch_size, parse_settings
 from benchmarks.http1 import Connection, Target, encode_request
 from benchmarks.images import parse_size, synthetic_jpegs
 from benchmarks.pipeline import Scrape, bounding_stage, parse_scrape, stage_busy
-from benchmarks.runtimes import Timing
 from benchmarks.stats import percentile, poisson_arrivals
+from benchmarks.timing import Timing
 from service.batcher import doubling_batch_sizes
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from benchmarks.artifact_runtimes import served_label
 from imgcls.engine_platform import engine_mismatch
 from imgcls.errors import ExportError
 from imgcls.manifest import Artifact, Calibration, EngineInfo, ParityResult
 from service.errors import RuntimeUnavailableError
-from service.runtimes import TensorRTRuntime, _candidates, served_label
+from service.runtimes import TensorRTRuntime
+from service.runtimes import candidates as _candidates
 from tests.conftest import skip_if_torch_tensorrt_installed
 from trainer.artifacts import artifact_file, artifact_plan, needs_calibration
 from trainer.config import ExportConfig, RunConfig
@@ -152,7 +154,7 @@ def test_each_tensorrt_precision_is_its_own_artifact_written_after_the_fp32_ones
 
 
 def test_the_readme_has_the_step_by_step_guide_the_install_hint_points_to():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "bundle.md").read_text(encoding="utf-8")
     assert (
         "#### TensorRT engines, step by step" in readme
         and "TensorRT engines, step by step" in TENSORRT_INSTALL_HINT

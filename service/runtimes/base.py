@@ -1,0 +1,73 @@
+"""The runtime interface: a batch of preprocessed images in, class probabilities out.
+
+Runtimes are not thread-safe by contract: each model version calls its runtime from one
+dedicated executor thread (see ``service.worker``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from imgcls.formats import RuntimeName
+
+__all__ = ["Runtime", "softmax", "warm_up"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class Runtime(ABC):
+    """``infer(float32 [N, C, H, W]) -> float32 [N, classes]`` probabilities."""
+
+    name: RuntimeName
+    device: str
+    precision: str
+    max_batch_size: int | None = None  # the largest batch it accepts (a TensorRT engine's max shape)
+    accepts_device_tensors: bool = False  # infer_tensor takes a batch on its device without a host copy
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def infer_tensor(self, batch) -> np.ndarray:
+        """The same for a float32 ``torch.Tensor`` already on this runtime's device (device
+        preprocessing); runtimes that cannot take one get it copied to host memory."""
+        return self.infer(batch.cpu().numpy())
+
+    def close(self) -> None:  # noqa: B027 - most runtimes free everything on garbage collection
+        """Release what the runtime holds (GPU memory, sessions)."""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.precision}, {self.device})"
+
+    def choose_memory_format(self, batch: np.ndarray, mode: str) -> str | None:
+        """Choose the input layout, timing the options on ``batch`` where ``mode`` is auto; returns
+        a line for the log, or None when nothing changed (most runtimes have one layout)."""
+        return None
+
+
+def warm_up(
+    runtime: Runtime, image_shape: tuple[int, int, int], max_batch_size: int, channels_last: str = "auto"
+) -> str | None:
+    """Run batch sizes 1, 2, 4, ... ``max_batch_size`` once, so the first requests pay no compile or
+    allocation cost, then choose the input layout at ``max_batch_size`` (the batches formed under
+    load); returns the layout line for the log. A failure closes the runtime (no half-warmed GPU
+    memory left behind)."""
+    from service.batcher import doubling_batch_sizes
+
+    try:
+        for size in doubling_batch_sizes(max_batch_size):
+            runtime.infer(np.zeros((size, *image_shape), dtype=np.float32))
+        choose = getattr(runtime, "choose_memory_format", None)  # duck-typed runtimes may lack it
+        return (
+            choose(np.zeros((max_batch_size, *image_shape), dtype=np.float32), channels_last)
+            if choose
+            else None
+        )
+    except BaseException:
+        runtime.close()
+        raise
