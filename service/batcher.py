@@ -1,36 +1,49 @@
 """The dynamic batcher: plain asyncio, no HTTP.
 
 Semantics follow Triton's dynamic batcher. Requests submit N items (one per image) and get N
-results back in order. When the runtime is free, the batcher takes queued items in arrival order
+results back in order. When the runner is free, the batcher takes queued items in arrival order
 up to ``max_batch_size``; if fewer are queued it waits until the batch fills or the oldest item
 has waited ``max_queue_delay_ms``. With ``preferred_batch_sizes`` it sends a batch as soon as the
 largest preferred size that the queue can fill is reached. With ``wait_only_for_incoming`` the wait
 is taken only while more items are known to be on their way (callers announce them with
 :meth:`DynamicBatcher.incoming` while they decode): under load batches fill, and a lone request
-never waits for company that is not coming. A request may be split across
-batches. Items whose caller was cancelled (client gone, deadline passed) are never computed.
+never waits for company that is not coming. A request may be split across batches.
 
 How many images a model holds and how long a request may wait are decided before and around
 :meth:`DynamicBatcher.submit`, over the whole wait, decoding included (``service.admission``, and
 the deadline in ``service.worker``): the batcher only batches.
 
-A runner returns the batch's outputs, fails the whole batch by raising, or fails single items by
-returning an exception in their place. A pipelined runner (device preprocessing, then inference)
-returns an awaitable of the outputs once its first stage is done: the batcher then counts the
-runtime as free and forms the next batch while the rest of this one runs.
+The runner (:class:`BatchRunner`) runs a batch in two stages:
+
+- ``await runner.start_batch(payloads) -> handle``: the batcher awaits it before taking the next
+  batch, so the runner counts as busy until it returns, and items queue up for a fuller next batch.
+- ``await runner.finish_batch(handle) -> outputs``: awaited in a task of its own, so the next batch
+  is taken and started meanwhile. It returns one output per payload, in order; an exception in an
+  item's place fails that item alone. Raising from either stage fails every item of the batch.
+
+A runner that computes in one step does all of it in ``start_batch`` and returns the outputs from
+``finish_batch``. The worker's device path decodes the batch on the GPU in ``start_batch`` and waits
+for its inference in ``finish_batch``: the next batch is decoded while this one computes, which is
+the overlap device preprocessing exists for (a single ``run(batch)`` would lose it, or leave the
+batcher no way to know when the runner can take more).
+
+Cancellation has one mechanism, the caller's asyncio cancellation. A deadline (``asyncio.timeout``
+in ``service.worker``) or a client gone (``service.routes_common``) cancels the task awaiting
+:meth:`DynamicBatcher.submit`, which cancels its items' futures. An item whose future is done is out
+of the queue and never reaches the runner; an item already in a batch is computed and its result
+dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.errors import QueueFullError
 
@@ -40,9 +53,21 @@ log = logging.getLogger("imgcls.batcher")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+Handle = TypeVar("Handle")
+In_contra = TypeVar("In_contra", contravariant=True)
+Out_co = TypeVar("Out_co", covariant=True)
 
-# Outputs, or (pipelined) an awaitable of them once the runner's first stage is done.
-BatchRunner = Callable[[list[Any]], Awaitable[Sequence[Any] | Awaitable[Sequence[Any]]]]
+
+class BatchRunner(Protocol[In_contra, Out_co, Handle]):
+    """Runs the batches of one model version in two stages (the module docstring has the contract)."""
+
+    async def start_batch(self, payloads: Sequence[In_contra]) -> Handle:
+        """Take the batch; return once the runner can take the next one."""
+        ...
+
+    async def finish_batch(self, handle: Handle) -> Sequence[Out_co | BaseException]:
+        """The batch's outputs, one per payload in order (an exception fails that item alone)."""
+        ...
 
 
 def doubling_batch_sizes(max_batch_size: int) -> list[int]:
@@ -64,12 +89,11 @@ class BatchStats:
     run_seconds: float  # from handing the batch to the runner to delivering its results
 
 
-@dataclass(eq=False)
+@dataclass(eq=False)  # hashed by identity: the queue is keyed by item
 class _Item:
     payload: Any
     future: asyncio.Future
     enqueued_at: float
-    in_queue: bool = field(default=True)
     batched_at: float | None = None
 
 
@@ -78,7 +102,7 @@ class DynamicBatcher(Generic[In, Out]):
 
     def __init__(
         self,
-        runner: BatchRunner,
+        runner: BatchRunner[In, Out, Any],
         *,
         max_batch_size: int,
         max_queue_delay_ms: float,
@@ -93,8 +117,9 @@ class DynamicBatcher(Generic[In, Out]):
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.preferred_batch_sizes = sorted({s for s in preferred_batch_sizes if 1 <= s <= max_batch_size})
         self._on_batch = on_batch
-        self._queue: deque[_Item] = deque()
-        self._queued = 0  # items still wanted: excludes cancelled ones left in the deque
+        # Items still wanted, oldest first. Ordered and keyed by item, so a cancelled item leaves it
+        # at once from anywhere (O(1)), and what is left is what the next batches take.
+        self._queue: OrderedDict[_Item, None] = OrderedDict()
         self.wait_only_for_incoming = wait_only_for_incoming
         self._incoming = 0  # items announced by callers that are still preparing them
         self._wakeup = asyncio.Event()
@@ -104,7 +129,7 @@ class DynamicBatcher(Generic[In, Out]):
     @property
     def queue_depth(self) -> int:
         """Items submitted and not yet taken into a batch."""
-        return self._queued
+        return len(self._queue)
 
     @property
     def incoming_count(self) -> int:
@@ -136,14 +161,14 @@ class DynamicBatcher(Generic[In, Out]):
             return
         log.error("dynamic batcher stopped unexpectedly", exc_info=task.exception())
         self._closing = True
-        for item in self._take(self._queued):
+        for item in self._take(len(self._queue)):
             item.future.set_exception(RuntimeError("the model's batcher stopped; see the server log"))
 
     async def stop(self, drain: bool = True) -> None:
         """Stop accepting work; with ``drain``, finish what is queued first, else cancel it."""
         self._closing = True
         if not drain:
-            for item in self._take(self._queued):
+            for item in self._take(len(self._queue)):
                 item.future.set_exception(
                     QueueFullError("the model was unloaded before these images were processed")
                 )
@@ -167,9 +192,8 @@ class DynamicBatcher(Generic[In, Out]):
         now = time.monotonic()
         items = [_Item(payload, loop.create_future(), now) for payload in payloads]
         for item in items:
-            item.future.add_done_callback(lambda _f, item=item: self._forget_if_cancelled(item))
-        self._queue.extend(items)
-        self._queued += len(items)
+            self._queue[item] = None
+            item.future.add_done_callback(lambda _f, item=item: self._queue.pop(item, None))
         self._wakeup.set()
         try:
             results = list(await asyncio.gather(*(item.future for item in items)))
@@ -186,38 +210,24 @@ class DynamicBatcher(Generic[In, Out]):
             elif not item.future.cancelled():
                 item.future.exception()  # mark retrieved: a sibling's failure is reported once
 
-    def _forget_if_cancelled(self, item: _Item) -> None:
-        if item.future.cancelled() and item.in_queue:
-            item.in_queue = False
-            self._queued -= 1
-
     def _take(self, count: int) -> list[_Item]:
         batch: list[_Item] = []
         while self._queue and len(batch) < count:
-            item = self._queue.popleft()
-            if not item.in_queue:  # cancelled while queued, already uncounted
-                continue
-            item.in_queue = False
-            self._queued -= 1
-            if item.future.done():  # cancelled, its callback not run yet: never computed
-                continue
-            batch.append(item)
+            item, _ = self._queue.popitem(last=False)
+            if not item.future.done():  # done: cancelled a moment ago, its done callback not run yet
+                batch.append(item)
         return batch
-
-    def _drop_cancelled_head(self) -> None:
-        while self._queue and not self._queue[0].in_queue:
-            self._queue.popleft()
 
     def _target_size(self) -> int | None:
         """The batch size to send now without waiting, or None to keep waiting for more items."""
-        if self._queued >= self.max_batch_size:
+        queued = len(self._queue)
+        if queued >= self.max_batch_size:
             return self.max_batch_size
-        reachable = [s for s in self.preferred_batch_sizes if s <= self._queued]
+        reachable = [s for s in self.preferred_batch_sizes if s <= queued]
         return reachable[-1] if reachable else None  # Triton: the largest preferred size the queue can fill
 
     async def _next_batch(self) -> list[_Item]:
         while True:
-            self._drop_cancelled_head()
             if not self._queue:
                 if self._closing:
                     return []
@@ -225,8 +235,8 @@ class DynamicBatcher(Generic[In, Out]):
                 await self._wakeup.wait()
                 continue
             size = self._target_size()
-            waited = time.monotonic() - self._queue[0].enqueued_at
-            remaining = self.max_queue_delay_s - waited
+            oldest = next(iter(self._queue))
+            remaining = self.max_queue_delay_s - (time.monotonic() - oldest.enqueued_at)
             nothing_coming = self.wait_only_for_incoming and self._incoming == 0
             if size is None and (remaining <= 0 or self._closing or nothing_coming):
                 size = self.max_batch_size
@@ -246,33 +256,28 @@ class DynamicBatcher(Generic[In, Out]):
             log.exception("batch observer failed")
 
     async def _loop(self) -> None:
-        finishing: set[asyncio.Task] = set()  # pipelined batches past their runner's first stage
+        finishing: set[asyncio.Task] = set()  # batches past start_batch, waiting for finish_batch
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                batch = await self._next_batch()
-                if not batch:
-                    return
+            while batch := await self._next_batch():
                 started = time.monotonic()
                 for item in batch:
                     item.batched_at = started
                 try:
-                    outputs = await self._runner([item.payload for item in batch])
+                    handle = await self._runner.start_batch([item.payload for item in batch])
                 except Exception as exc:  # delivered to exactly the callers in this batch
                     self._fail(batch, exc)
                     continue
-                if inspect.isawaitable(outputs):
-                    task = asyncio.get_running_loop().create_task(self._finish(batch, outputs, started))
-                    finishing.add(task)
-                    task.add_done_callback(finishing.discard)
-                else:
-                    self._deliver(batch, outputs, started)
+                task = loop.create_task(self._finish(batch, handle, started))
+                finishing.add(task)
+                task.add_done_callback(finishing.discard)
         finally:
             if finishing:  # stop(drain) returns only once every batch has its results
                 await asyncio.gather(*finishing, return_exceptions=True)
 
-    async def _finish(self, batch: list[_Item], pending: Awaitable[Sequence[Any]], started: float) -> None:
+    async def _finish(self, batch: list[_Item], handle: Any, started: float) -> None:
         try:
-            outputs = await pending
+            outputs = await self._runner.finish_batch(handle)
         except Exception as exc:
             self._fail(batch, exc)
             return
@@ -296,7 +301,7 @@ class DynamicBatcher(Generic[In, Out]):
             return
         finished = time.monotonic()
         for item, output in zip(batch, outputs, strict=True):
-            if item.future.done():
+            if item.future.done():  # its caller left after the batch was taken: the result is dropped
                 continue
             if isinstance(output, BaseException):  # this item alone failed (e.g. a corrupt image)
                 item.future.set_exception(output)

@@ -1,15 +1,16 @@
 """Preprocessing on the runtime's device: a whole batch of JPEGs decoded and transformed on the GPU.
 
 On a GPU server the CPU is what runs out first: decoding a 320×240 JPEG costs about 1.5 ms of a core
-(README, Performance), while the GPU infers thousands of images a second. With device preprocessing
+(docs/performance.md), while the GPU infers thousands of images a second. With device preprocessing
 the decode threads only check each image's header; JPEGs (RGB or grayscale) travel to the batcher
 still encoded, and the batch is decoded in one ``torchvision.io.decode_jpeg(list, device=...)`` call
 (nvJPEG on CUDA), then resized, cropped and normalised there by the same eval transform the trainer
 uses. Other formats, and any JPEG the device decoder rejects, are decoded on the CPU as before and
 join the batch as tensors. A JPEG that cannot be decoded at all fails its own request, not the batch.
 
-The worker runs this stage on its own thread and CUDA stream, and hands the batcher the inference as
-a second stage (``service.batcher``), so the next batch is decoded while the current one is inferred.
+Nothing here knows of threads or settings: ``service.device_pipeline`` runs this on a thread of its
+own (and this preprocessor's CUDA stream), so the worker decodes the next batch while the current one
+is inferred.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class BatchingSettings(BaseModel):
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     max_queue_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0  # how long the oldest item may wait
     # ...but only while more images are being decoded: a lone request is sent at once, and under load
-    # batches still fill (README, Performance). False: Triton's wait, whether or not anything is coming.
+    # batches still fill (docs/performance.md). False: Triton's wait, whether or not anything is coming.
     wait_only_for_incoming: bool = True
     # images accepted and not yet answered (decoding, queued or computing), beyond which requests get 503
     max_queue_size: Annotated[int, Field(ge=1)] = 512
@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     runtime: RuntimeChoice = "auto"
     device: DeviceChoice = "auto"
     # None: the cores the decode threads leave free, at least 1 (runtimes default to all cores, and
-    # competing with the decode threads cost 15-40% throughput on 2 cores: README, Performance)
+    # competing with the decode threads cost 15-40% throughput on 2 cores: docs/performance.md)
     intra_op_threads: Annotated[int, Field(ge=1)] | None = None
     decode_threads: Annotated[int, Field(ge=1)] = Field(default_factory=default_decode_threads)
     batching: BatchingSettings = BatchingSettings()

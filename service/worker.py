@@ -1,11 +1,11 @@
-"""One served model version: its runtime on a dedicated thread, its preprocessing, its batcher.
+"""One served model version: load its bundle, admit requests, decode on the pool, batch, run, answer.
 
 Inference runs on a single-thread executor per version, so the event loop never blocks on
 compute and the runtime is never called from two threads. Decoding runs on the shared decode
-pool; with device preprocessing (CUDA), the decode pool only checks headers and a second
-single-thread executor decodes each JPEG batch on the GPU while the previous batch is inferred.
-Warm-up runs every batch size up to ``max_batch_size`` (powers of two and the maximum) before the
-version reports ready.
+pool. With device preprocessing (``service.device_pipeline``, JPEG batches decoded on the GPU) the
+decode pool only checks headers, and the worker runs each batch in two stages for the batcher:
+staged on the device, then inferred while the next batch is staged. Warm-up runs every batch size
+up to ``max_batch_size`` (powers of two and the maximum) before the version reports ready.
 
 A prediction is admitted (``service.admission``: 503 when the version already holds
 ``max_queue_size`` unanswered images) and its deadline starts; both then cover the whole wait, for a
@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,7 +30,8 @@ from imgcls.errors import ImgclsError, describe_error
 from imgcls.repository import BundleRef
 from service.admission import Admission
 from service.batcher import BatchStats, DynamicBatcher
-from service.device_preprocess import DevicePreprocessor, EncodedJpeg
+from service.device_pipeline import DevicePipeline, StagedBatch, open_device_pipeline
+from service.device_preprocess import EncodedJpeg
 from service.errors import BadInputError, DeadlineExceededError, InferenceFailedError, ModelNotReadyError
 from service.preprocess import Preprocessor
 from service.runtimes import Runtime, choose_runtime, warm_up
@@ -43,6 +46,15 @@ State = Literal["loading", "ready", "failed", "stopped"]
 
 class NonFiniteOutputError(RuntimeError):
     """The runtime returned NaN or inf for some images."""
+
+
+@dataclass(frozen=True)
+class _RunningBatch:
+    """The handle :meth:`ModelWorker.start_batch` gives the batcher for :meth:`ModelWorker.finish_batch`."""
+
+    size: int
+    inference: asyncio.Future[np.ndarray]  # the probabilities, from the inference thread
+    staged: StagedBatch | None = None  # with device preprocessing: the batch and its items' errors
 
 
 class ModelWorker:
@@ -63,10 +75,8 @@ class ModelWorker:
         self._preprocess = (
             Preprocessor(ref.manifest.preprocess, max_image_pixels=max_image_pixels) if ref.ok else None
         )
-        # Set at load when JPEG batches are decoded on the runtime's device, on a thread of its own.
-        self._device_preprocess: DevicePreprocessor | None = None
-        self._device_executor: ThreadPoolExecutor | None = None
-        self._fallback_logged = False
+        # Set at load when JPEG batches are decoded on the runtime's device (service.device_pipeline).
+        self._device_preprocess: DevicePipeline | None = None
         # Observers (metrics): objects with batch(worker, BatchStats), and preprocessed(worker, seconds)
         # per image decoded on a decode thread, preprocessed_on_device(worker, seconds) per batch on the
         # device thread and computed(worker, seconds) per batch on the inference thread.
@@ -127,37 +137,18 @@ class ModelWorker:
         if layout:
             log.info("%s v%d: %s", self.name, self.version, layout)
         try:
-            self._device_preprocess = self._start_device_preprocessing(runtime)
+            self._device_preprocess = open_device_pipeline(
+                self.settings.device_preprocessing,
+                runtime,
+                self._preprocess,
+                name=self.name,
+                version=self.version,
+                on_staged=partial(self._tell, "preprocessed_on_device"),
+            )
         except BaseException:
             runtime.close()
             raise
         return runtime
-
-    def _start_device_preprocessing(self, runtime: Runtime) -> DevicePreprocessor | None:
-        """A :class:`DevicePreprocessor` when settings and runtime call for one, warmed up; None otherwise.
-
-        ``auto``: on CUDA, for runtimes that take device tensors (TorchScript, TensorRT); a device
-        decoder that fails its warm-up is logged and left off. ``on``: always, and a failure stops the load.
-        """
-        mode = self.settings.device_preprocessing
-        takes_tensors = getattr(runtime, "accepts_device_tensors", False)
-        if mode == "off" or (mode == "auto" and not (runtime.device == "cuda" and takes_tensors)):
-            return None
-        device = DevicePreprocessor(self._preprocess, runtime.device)
-        try:
-            device.warm_up()  # the decoder's start-up (nvJPEG) is paid here, not by the first request
-        except Exception as exc:
-            if mode == "on":
-                raise
-            log.warning(
-                "%s v%d: JPEG decoding on %s failed its warm-up (%s); decoding on the CPU instead",
-                self.name,
-                self.version,
-                runtime.device,
-                describe_error(exc),
-            )
-            return None
-        return device
 
     async def load(self) -> None:
         if self.state == "failed":
@@ -184,17 +175,13 @@ class ModelWorker:
             return
         batching = self.settings.batching
         self.batcher = DynamicBatcher(
-            self._run_batch,
+            self,
             max_batch_size=batching.max_batch_size,
             max_queue_delay_ms=batching.max_queue_delay_ms,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             on_batch=self._observe,
             wait_only_for_incoming=batching.wait_only_for_incoming,
         )
-        if self._device_preprocess is not None:
-            self._device_executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"preprocess-{self.name}-{self.version}"
-            )
         self.batcher.start()
         self.state = "ready"
         log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
@@ -243,46 +230,29 @@ class ModelWorker:
         self._computed(started)
         return self._check_finite(probabilities, rows)
 
-    def _preprocess_on_device(self, payloads: list):
-        started = time.perf_counter()
-        fallbacks = self._device_preprocess.fallbacks
-        batch, errors = self._device_preprocess(payloads)
-        self._tell("preprocessed_on_device", time.perf_counter() - started)
-        if self._device_preprocess.fallbacks > fallbacks and not self._fallback_logged:
-            self._fallback_logged = True  # once: a client sending such files must not flood the log
-            log.warning(
-                "%s v%d: the device JPEG decoder refused some images; they were decoded on the CPU",
-                self.name,
-                self.version,
-            )
-        return batch, errors
+    # The batcher's runner (service.batcher.BatchRunner): each batch in two stages.
 
-    async def _run_batch(self, payloads: list):
-        """Runs one batch; with device preprocessing, a pipeline: once the batch is preprocessed on the
-        device, the batcher gets the inference as an awaitable and forms the next batch meanwhile."""
+    async def start_batch(self, payloads: Sequence[Any]) -> _RunningBatch:
+        """Stage one: the batcher takes no other batch until it returns. On the host that is the whole
+        inference (items queue up meanwhile, for a fuller next batch). With device preprocessing it is
+        only staging the batch on the device: its inference is handed to the inference thread, and the
+        next batch is staged while this one computes."""
         loop = asyncio.get_running_loop()
         if self._device_preprocess is None:
-            return await self._infer_translated(
-                loop.run_in_executor(self._executor, self._infer, payloads), payloads
-            )
+            inference = loop.run_in_executor(self._executor, self._infer, payloads)
+            await asyncio.wait([inference])  # its failure is raised by finish_batch
+            return _RunningBatch(len(payloads), inference)
         with self._translated_errors(len(payloads)):
-            batch, errors = await loop.run_in_executor(
-                self._device_executor, self._preprocess_on_device, payloads
-            )
-        rows = np.array([error is None for error in errors])
-        inference = loop.run_in_executor(self._executor, self._infer_tensor, batch, rows)
+            staged = await self._device_preprocess.stage(payloads)
+        inference = loop.run_in_executor(self._executor, self._infer_tensor, staged.tensor, staged.rows)
+        return _RunningBatch(len(payloads), inference, staged)
 
-        async def results() -> list:
-            probabilities = await self._infer_translated(inference, payloads)
-            return [
-                error if error is not None else row for row, error in zip(probabilities, errors, strict=True)
-            ]
-
-        return asyncio.ensure_future(results())
-
-    async def _infer_translated(self, inference: Awaitable[np.ndarray], payloads: list) -> list:
-        with self._translated_errors(len(payloads)):
-            return list(await inference)
+    async def finish_batch(self, running: _RunningBatch) -> list:
+        """Stage two: the batch's probabilities, and each image the device stage could not decode
+        answered with its own error."""
+        with self._translated_errors(running.size):
+            probabilities = await running.inference
+        return list(probabilities) if running.staged is None else running.staged.answers(probabilities)
 
     @contextlib.contextmanager
     def _translated_errors(self, size: int) -> Iterator[None]:
@@ -410,5 +380,5 @@ class ModelWorker:
             await loop.run_in_executor(self._executor, self.runtime.close)  # the runtime's own thread
             self.runtime = None
         await asyncio.to_thread(self._executor.shutdown, wait=True)
-        if self._device_executor is not None:
-            await asyncio.to_thread(self._device_executor.shutdown, wait=True)
+        if self._device_preprocess is not None:
+            await self._device_preprocess.close()

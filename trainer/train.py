@@ -1,13 +1,13 @@
 """``imgcls train``: the whole recipe, top to bottom.
 
-data -> splits -> loaders -> model -> optimizer/schedule -> epochs (train, validate,
-checkpoint, early stop) -> test evaluation -> bundle export. Everything the run decides is
-written to its run directory (``trainer.rundir``), so it can be audited, resumed and exported.
+data -> splits -> model -> run directory -> loaders -> model, optimizer/schedule (or the checkpoint
+resumed) -> epochs (``trainer.fit``: train, validate, checkpoint, early stop) -> test evaluation and
+report. Everything the run decides is written to its run directory (``trainer.rundir``), so it can
+be audited, resumed and exported.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
@@ -21,17 +21,18 @@ import torch
 from torch import nn
 
 from imgcls.errors import ConfigError, DataError
-from imgcls.manifest import BaselineCheck
+from imgcls.manifest import BaselineCheck, PreprocessSpec
 from imgcls.preprocess import eval_transform
 from trainer.baselines import check_against_baselines
-from trainer.checkpoint import Progress, load_training_state, save_best, save_training_state
+from trainer.checkpoint import Progress, load_training_state
 from trainer.config import RunConfig
 from trainer.data import DataSource, discover, scan_images
 from trainer.datasets import ImageDataset, make_loader
 from trainer.ema import ModelEma
-from trainer.engine import MixedPrecision, evaluate, predict, train_one_epoch
-from trainer.models import create_model
-from trainer.optim import build_optimizer, build_scheduler, set_backbone_trainable
+from trainer.engine import MixedPrecision, predict
+from trainer.fit import Compute, Loaders, TrainingState, fit
+from trainer.models import BuiltModel, create_model
+from trainer.optim import build_optimizer, build_scheduler
 from trainer.report import classification_metrics, plot_confusion_matrix, plot_curves, write_per_class_csv
 from trainer.rundir import RunDir, git_sha
 from trainer.splits import Splits, read_split_file, resolve_splits, split_counts, write_split_file
@@ -42,20 +43,6 @@ __all__ = ["TrainResult", "train"]
 log = logging.getLogger("imgcls.train")
 
 _CACHE_LIMIT_BYTES = 1 << 30
-_METRIC_COLUMNS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "val_f1_macro",
-    "ema_val_loss",
-    "ema_val_accuracy",
-    "ema_val_f1_macro",
-    "kept",
-    "seconds",
-]
 
 
 @dataclass
@@ -66,6 +53,48 @@ class TrainResult:
     seconds: float
     baseline_check: BaselineCheck | None = None
     bundle_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Data:
+    """The classes and splits a run trains on, and how its images are preprocessed."""
+
+    class_names: list[str]
+    splits: Splits
+    spec: PreprocessSpec
+    decoded_bytes: int  # all usable images decoded: decides data.cache_images=auto
+    source: DataSource | None = None  # what a new run found and scanned (None when resuming)
+    report: dict | None = None  # data_report.json, written into a new run directory
+
+
+def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = None) -> TrainResult:
+    """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint."""
+    started = time.perf_counter()
+    compute = _set_up(config)
+    # the data and the model are validated completely before the run directory exists
+    data = _load_data(config, resume)
+    built = _create_model(config, data)
+    run = _open_run_dir(config, config_name, data, resume)
+    loaders = _build_loaders(config, data, compute)
+    state = _build_training_state(config, built, len(data.class_names), loaders, compute, run, resume)
+    fit(config, state, loaders, compute, run)
+    return _test_and_report(config, data, loaders, state, compute, run, started)
+
+
+# --- set-up: threads, seeds, device ---
+
+
+def _set_up(config: RunConfig) -> Compute:
+    cfg_train = config.train
+    if cfg_train.threads:
+        torch.set_num_threads(cfg_train.threads)
+    _seed_everything(cfg_train.seed, cfg_train.deterministic)
+    device = _device(cfg_train.device)
+    precision = MixedPrecision(device, cfg_train.amp)
+    channels_last = cfg_train.channels_last == "on" or (
+        cfg_train.channels_last == "auto" and device.type == "cuda"
+    )
+    return Compute(device, precision, channels_last)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -83,6 +112,21 @@ def _device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+# --- data and splits: found, scanned and split for a new run, read back from the run resumed ---
+
+
+def _load_data(config: RunConfig, resume: Path | None) -> Data:
+    spec = preprocess_spec(config.preprocess)
+    if resume is None:
+        source, splits, report = _prepare_data(config)
+        return Data(source.class_names, splits, spec, report["decoded_bytes"], source, report)
+    run = RunDir(Path(resume))
+    class_names = run.read_labels()
+    splits = run.read_splits(class_names)
+    decoded_bytes = json.loads(run.data_report.read_text(encoding="utf-8")).get("decoded_bytes", 0)
+    return Data(class_names, splits, spec, decoded_bytes)
 
 
 def _prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
@@ -133,6 +177,47 @@ def _reuse_split(split_file: Path, source: DataSource, usable: set[Path]) -> Spl
     return splits
 
 
+# --- model (built before the run directory, so that a bad model.* setting writes nothing) ---
+
+
+def _create_model(config: RunConfig, data: Data) -> BuiltModel:
+    cfg_model = config.model
+    return create_model(
+        cfg_model.name,
+        len(data.class_names),
+        in_chans=data.spec.channels,
+        image_size=data.spec.crop_height,
+        drop_rate=cfg_model.drop_rate,
+        pretrained=cfg_model.pretrained,
+        weights=cfg_model.weights,
+    )
+
+
+# --- run directory: a new one written with what the run decided, or the one resumed ---
+
+
+def _open_run_dir(config: RunConfig, config_name: str, data: Data, resume: Path | None) -> RunDir:
+    if resume is not None:
+        run = RunDir(Path(resume))
+    else:
+        run = _make_run_dir(config, config_name)
+        run.write_config(config, git_sha())
+        run.labels.write_text(json.dumps(data.class_names, indent=1) + "\n", encoding="utf-8")
+        write_split_file(run.split, data.splits, data.class_names, data.source.root)
+        run.data_report.write_text(json.dumps(data.report, indent=1) + "\n", encoding="utf-8")
+        if data.report["skipped"]:
+            log.warning("skipped %d unreadable file(s); see %s", len(data.report["skipped"]), run.data_report)
+    log.info(
+        "data: %d classes; train %d, val %d, test %d images; run dir %s",
+        len(data.class_names),
+        len(data.splits["train"]),
+        len(data.splits["val"]),
+        len(data.splits["test"]),
+        run.path,
+    )
+    return run
+
+
 def _make_run_dir(config: RunConfig, config_name: str) -> RunDir:
     name = config.run_name or f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     path = config.runs_dir / name
@@ -145,28 +230,130 @@ def _make_run_dir(config: RunConfig, config_name: str) -> RunDir:
     return RunDir(path)
 
 
-def _write_metrics_csv(path: Path, history: list[dict]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_METRIC_COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+# --- loaders: datasets, transforms, shuffling ---
 
 
-def _better_weights(metric: str, live: dict[str, float], ema: dict[str, float] | None) -> str:
-    """Which weights scored better on ``metric`` this epoch: "live" or "ema" (ties: lower loss, then EMA)."""
-    if ema is None:
-        return "live"
-    sign = 1.0 if metric == "loss" else -1.0  # compare as "lower is better"
-    live_key = (sign * live[metric], live["loss"])
-    ema_key = (sign * ema[metric], ema["loss"])
-    return "ema" if ema_key <= live_key else "live"
+def _build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
+    cfg_train, spec, splits = config.train, data.spec, data.splits
+    cache = config.data.cache_images == "on" or (
+        config.data.cache_images == "auto" and data.decoded_bytes <= _CACHE_LIMIT_BYTES
+    )
+    eval_tf = eval_transform(spec)
+    datasets = {
+        "train": ImageDataset(splits["train"], spec.color_mode, train_transform(spec, config.augment), cache),
+        "val": ImageDataset(splits["val"], spec.color_mode, eval_tf, cache),
+        "test": ImageDataset(splits["test"], spec.color_mode, eval_tf, cache),
+    }
+    pin = compute.device.type == "cuda"
+    shuffle_generator = torch.Generator()
+    train_loader = make_loader(
+        datasets["train"],
+        cfg_train.batch_size,
+        shuffle=True,
+        num_workers=config.data.num_workers,
+        pin_memory=pin,
+        generator=shuffle_generator,
+        drop_last=len(datasets["train"]) > cfg_train.batch_size,
+    )
+    # Each pass over a loader draws its workers' base seed from its generator. Evaluation gets its own,
+    # so how often the run validates (the averaged weights too, with EMA) never shifts the random
+    # stream that augmentation draws from: with and without EMA, the live weights train identically.
+    val_loader, test_loader = (
+        make_loader(
+            datasets[s],
+            cfg_train.eval_batch_size,
+            shuffle=False,
+            num_workers=config.data.num_workers,
+            pin_memory=pin,
+            generator=torch.Generator().manual_seed(cfg_train.seed),
+        )
+        for s in ("val", "test")
+    )
+    return Loaders(train_loader, val_loader, test_loader, shuffle_generator)
 
 
-def _improved(metric: str, value: float, best: float | None, min_delta: float) -> bool:
-    if best is None:
-        return True
-    return value < best - min_delta if metric == "loss" else value > best + min_delta
+# --- model and optimisation: device, EMA, optimizer, schedule, loss; or the checkpoint resumed ---
+
+
+def _build_training_state(
+    config: RunConfig,
+    built: BuiltModel,
+    num_classes: int,
+    loaders: Loaders,
+    compute: Compute,
+    run: RunDir,
+    resume: Path | None,
+) -> TrainingState:
+    cfg_train, cfg_model = config.train, config.model
+    if built.weights_source:
+        log.info("model: %s, pretrained weights from %s", cfg_model.name, built.weights_source)
+    model = built.model.to(compute.device)
+    if compute.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fine_tuning = (
+        cfg_model.pretrained or cfg_model.weights is not None or cfg_model.freeze_backbone_epochs > 0
+    )
+    optimizer = build_optimizer(
+        model, config.optim, built.head_prefixes, cfg_model.backbone_lr_scale if fine_tuning else 1.0
+    )
+    scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(loaders.train))
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+    mixer = batch_mixer(config.augment, num_classes)
+    ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None
+
+    progress = Progress()
+    if resume is not None:
+        progress = load_training_state(
+            run.last_checkpoint, compute.device, model, optimizer, scheduler, compute.precision, ema
+        )
+        log.info("resumed %s after epoch %d", run.path, progress.epoch)
+        run.write_config(config, git_sha())  # only once the checkpoint loaded: resume may extend train.epochs
+    return TrainingState(model, built.head_prefixes, optimizer, scheduler, criterion, mixer, ema, progress)
+
+
+# --- test: the best checkpoint on the test split, the baseline check, the report ---
+
+
+def _test_and_report(
+    config: RunConfig,
+    data: Data,
+    loaders: Loaders,
+    state: TrainingState,
+    compute: Compute,
+    run: RunDir,
+    started: float,
+) -> TrainResult:
+    model, progress, device, precision = state.model, state.progress, compute.device, compute.precision
+    class_names = data.class_names
+    best = torch.load(run.best_checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    logits, labels = predict(model, loaders.test, device, precision)
+    test = classification_metrics(logits, labels, class_names)
+    steps = len(loaders.train) * len(progress.history)
+    baseline_check = check_against_baselines(
+        logits.argmax(axis=1),
+        labels,
+        [s.label for s in data.splits["train"]],
+        class_names,
+        likely_causes=_likely_causes(config, progress, steps),
+    )
+    seconds = time.perf_counter() - started
+    metric_name = config.train.early_stopping_metric
+    scalars = _write_test_report(
+        run, test, class_names, progress, metric_name, seconds, device, precision, baseline_check
+    )
+    log.info(
+        "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %s weights, %.1fs)",
+        test["accuracy"],
+        test["f1_macro"],
+        test["samples"],
+        progress.best_epoch,
+        progress.best_weights,
+        seconds,
+    )
+    if baseline_check.warning:
+        log.warning("WARNING: %s (recorded in %s)", baseline_check.warning, run.metrics_json)
+    return TrainResult(run.path, scalars, progress.best_epoch, seconds, baseline_check)
 
 
 def _write_test_report(
@@ -226,240 +413,3 @@ def _likely_causes(config: RunConfig, progress: Progress, steps: int) -> list[st
             "try 3x and 1/3 of it"
         )
     return causes
-
-
-def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = None) -> TrainResult:
-    """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint."""
-    started = time.perf_counter()
-    cfg_train, cfg_model = config.train, config.model
-    if cfg_train.threads:
-        torch.set_num_threads(cfg_train.threads)
-    _seed_everything(cfg_train.seed, cfg_train.deterministic)
-    device = _device(cfg_train.device)
-    precision = MixedPrecision(device, cfg_train.amp)
-    channels_last = cfg_train.channels_last == "on" or (
-        cfg_train.channels_last == "auto" and device.type == "cuda"
-    )
-    spec = preprocess_spec(config.preprocess)
-
-    # --- data and model: validated completely before the run directory exists ---
-    if resume is None:
-        source, splits, report = _prepare_data(config)
-        class_names = source.class_names
-        decoded_bytes = report["decoded_bytes"]
-    else:
-        run = RunDir(Path(resume))
-        class_names = run.read_labels()
-        splits = run.read_splits(class_names)
-        decoded_bytes = json.loads(run.data_report.read_text(encoding="utf-8")).get("decoded_bytes", 0)
-    built = create_model(
-        cfg_model.name,
-        len(class_names),
-        in_chans=spec.channels,
-        image_size=spec.crop_height,
-        drop_rate=cfg_model.drop_rate,
-        pretrained=cfg_model.pretrained,
-        weights=cfg_model.weights,
-    )
-    if resume is None:
-        run = _make_run_dir(config, config_name)
-        run.write_config(config, git_sha())
-        run.labels.write_text(json.dumps(class_names, indent=1) + "\n", encoding="utf-8")
-        write_split_file(run.split, splits, class_names, source.root)
-        run.data_report.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        if report["skipped"]:
-            log.warning("skipped %d unreadable file(s); see %s", len(report["skipped"]), run.data_report)
-    log.info(
-        "data: %d classes; train %d, val %d, test %d images; run dir %s",
-        len(class_names),
-        len(splits["train"]),
-        len(splits["val"]),
-        len(splits["test"]),
-        run.path,
-    )
-
-    cache = config.data.cache_images == "on" or (
-        config.data.cache_images == "auto" and decoded_bytes <= _CACHE_LIMIT_BYTES
-    )
-    eval_tf = eval_transform(spec)
-    datasets = {
-        "train": ImageDataset(splits["train"], spec.color_mode, train_transform(spec, config.augment), cache),
-        "val": ImageDataset(splits["val"], spec.color_mode, eval_tf, cache),
-        "test": ImageDataset(splits["test"], spec.color_mode, eval_tf, cache),
-    }
-    pin = device.type == "cuda"
-    shuffle_generator = torch.Generator()
-    train_loader = make_loader(
-        datasets["train"],
-        cfg_train.batch_size,
-        shuffle=True,
-        num_workers=config.data.num_workers,
-        pin_memory=pin,
-        generator=shuffle_generator,
-        drop_last=len(datasets["train"]) > cfg_train.batch_size,
-    )
-    # Each pass over a loader draws its workers' base seed from its generator. Evaluation gets its own,
-    # so how often the run validates (the averaged weights too, with EMA) never shifts the random
-    # stream that augmentation draws from: with and without EMA, the live weights train identically.
-    val_loader, test_loader = (
-        make_loader(
-            datasets[s],
-            cfg_train.eval_batch_size,
-            shuffle=False,
-            num_workers=config.data.num_workers,
-            pin_memory=pin,
-            generator=torch.Generator().manual_seed(cfg_train.seed),
-        )
-        for s in ("val", "test")
-    )
-
-    # --- model and optimisation ---
-    if built.weights_source:
-        log.info("model: %s, pretrained weights from %s", cfg_model.name, built.weights_source)
-    model = built.model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    fine_tuning = (
-        cfg_model.pretrained or cfg_model.weights is not None or cfg_model.freeze_backbone_epochs > 0
-    )
-    optimizer = build_optimizer(
-        model, config.optim, built.head_prefixes, cfg_model.backbone_lr_scale if fine_tuning else 1.0
-    )
-    scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(train_loader))
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
-    mixer = batch_mixer(config.augment, len(class_names))
-    ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None
-
-    progress = Progress()
-    if resume is not None:
-        progress = load_training_state(
-            run.last_checkpoint, device, model, optimizer, scheduler, precision, ema
-        )
-        log.info("resumed %s after epoch %d", run.path, progress.epoch)
-        run.write_config(config, git_sha())  # only once the checkpoint loaded: resume may extend train.epochs
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    metric_name = cfg_train.early_stopping_metric
-    purge_step = progress.epoch + 1 if progress.epoch else None
-    with SummaryWriter(str(run.tensorboard), purge_step=purge_step) as writer:
-        for epoch in range(progress.epoch, cfg_train.epochs):
-            epoch_started = time.perf_counter()
-            frozen = epoch < cfg_model.freeze_backbone_epochs
-            set_backbone_trainable(model, built.head_prefixes, not frozen)
-            shuffle_generator.manual_seed(cfg_train.seed * 1000 + epoch)  # order depends on the epoch alone
-            train_stats = train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                scheduler,
-                criterion,
-                device,
-                precision,
-                mixer=mixer,
-                grad_clip_norm=config.optim.grad_clip_norm,
-                ema=ema,
-                channels_last=channels_last,
-                progress=f"epoch {epoch + 1}/{cfg_train.epochs}",
-            )
-            # Both the live and the averaged weights are validated, and the better one is the
-            # epoch's candidate: an average that lags (too few steps for its decay) can never make
-            # a run worse than training without it.
-            live_stats = evaluate(model, val_loader, device, precision)
-            ema_stats = evaluate(ema.module, val_loader, device, precision) if ema is not None else None
-            kept = _better_weights(metric_name, live_stats, ema_stats)
-            val_stats = ema_stats if kept == "ema" and ema_stats is not None else live_stats
-            row = {
-                "epoch": epoch + 1,
-                "lr": max(g["lr"] for g in optimizer.param_groups),
-                "train_loss": train_stats["loss"],
-                "train_accuracy": train_stats["accuracy"],
-                "val_loss": live_stats["loss"],
-                "val_accuracy": live_stats["accuracy"],
-                "val_f1_macro": live_stats["f1_macro"],
-                **(
-                    {f"ema_val_{key}": ema_stats[key] for key in ("loss", "accuracy", "f1_macro")}
-                    if ema_stats is not None
-                    else {}
-                ),
-                "kept": kept,
-                "seconds": time.perf_counter() - epoch_started,
-            }
-            progress.epoch = epoch + 1
-            progress.history.append(row)
-            for key, value in row.items():
-                if key not in ("epoch", "kept"):
-                    writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-            value = val_stats[metric_name]
-            improved = _improved(metric_name, value, progress.best_value, cfg_train.early_stopping_min_delta)
-            if improved:
-                progress.best_value, progress.best_epoch, progress.stale_epochs = value, epoch + 1, 0
-                progress.best_weights = kept
-                save_best(
-                    run.best_checkpoint, ema.module if kept == "ema" and ema else model, epoch + 1, kept
-                )
-            else:
-                progress.stale_epochs += 1
-            save_training_state(run.last_checkpoint, model, optimizer, scheduler, precision, ema, progress)
-            _write_metrics_csv(run.metrics_csv, progress.history)
-            ema_part = (
-                f" | ema val loss {ema_stats['loss']:.4f} acc {ema_stats['accuracy']:.4f} "
-                f"f1 {ema_stats['f1_macro']:.4f} | kept {kept}"
-                if ema_stats is not None
-                else ""
-            )
-            log.info(
-                "epoch %3d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f%s | lr %.2e | %.1fs%s%s",
-                epoch + 1,
-                cfg_train.epochs,
-                row["train_loss"],
-                row["train_accuracy"],
-                row["val_loss"],
-                row["val_accuracy"],
-                row["val_f1_macro"],
-                ema_part,
-                row["lr"],
-                row["seconds"],
-                " (backbone frozen)" if frozen else "",
-                "  *best*" if improved else "",
-            )
-            patience = cfg_train.early_stopping_patience
-            if patience is not None and progress.stale_epochs >= patience:
-                log.info(
-                    "early stop: val %s has not improved for %d epochs (best %.4f at epoch %d)",
-                    metric_name,
-                    patience,
-                    progress.best_value,
-                    progress.best_epoch,
-                )
-                break
-
-    # --- evaluation of the best checkpoint on the test split ---
-    best = torch.load(run.best_checkpoint, map_location=device, weights_only=True)
-    model.load_state_dict(best["model"])
-    logits, labels = predict(model, test_loader, device, precision)
-    test = classification_metrics(logits, labels, class_names)
-    steps = len(train_loader) * len(progress.history)
-    baseline_check = check_against_baselines(
-        logits.argmax(axis=1),
-        labels,
-        [s.label for s in splits["train"]],
-        class_names,
-        likely_causes=_likely_causes(config, progress, steps),
-    )
-    seconds = time.perf_counter() - started
-    scalars = _write_test_report(
-        run, test, class_names, progress, metric_name, seconds, device, precision, baseline_check
-    )
-    log.info(
-        "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %s weights, %.1fs)",
-        test["accuracy"],
-        test["f1_macro"],
-        test["samples"],
-        progress.best_epoch,
-        progress.best_weights,
-        seconds,
-    )
-    if baseline_check.warning:
-        log.warning("WARNING: %s (recorded in %s)", baseline_check.warning, run.metrics_json)
-    return TrainResult(run.path, scalars, progress.best_epoch, seconds, baseline_check)

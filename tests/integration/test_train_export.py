@@ -120,7 +120,7 @@ def test_resume_after_a_crash_continues_the_run_bit_for_bit(
     make_imagefolder, tiny_config, monkeypatch, num_workers
 ):
     """A run killed after epoch 2 of 3 and resumed ends with exactly the weights of an uninterrupted run."""
-    import trainer.train as train_module
+    import trainer.fit as fit_module
 
     data = make_imagefolder(classes=2, per_class=16)
     settings = (
@@ -133,14 +133,14 @@ def test_resume_after_a_crash_continues_the_run_bit_for_bit(
     )
     straight = train(tiny_config(data, "run_name=straight", *settings))
 
-    real_write = train_module._write_metrics_csv
+    real_write = fit_module._write_metrics_csv
 
     def crash_after_epoch_two(path, history):
         real_write(path, history)
         if len(history) == 2:
             raise _CrashError  # after epoch 2's checkpoint: as if the process were killed here
 
-    monkeypatch.setattr(train_module, "_write_metrics_csv", crash_after_epoch_two)
+    monkeypatch.setattr(fit_module, "_write_metrics_csv", crash_after_epoch_two)
     with pytest.raises(_CrashError):
         train(tiny_config(data, "run_name=crashed", *settings))
     monkeypatch.undo()

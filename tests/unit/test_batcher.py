@@ -1,4 +1,5 @@
-"""The dynamic batcher on its own, with a fake runner whose progress the tests control."""
+"""The dynamic batcher on its own, with fake runners (service.batcher.BatchRunner) whose progress the
+tests control: pure asyncio, no HTTP, no model."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import asyncio
 
 import pytest
 
-from service.batcher import BatchStats, DynamicBatcher
+from service.batcher import BatchRunner, BatchStats, DynamicBatcher
 from service.errors import QueueFullError
 
 
 class FakeRunner:
-    """Doubles every payload; records each batch; can be held at a gate or made to fail."""
+    """Doubles every payload, all in its first stage; records each batch; can be held at a gate or
+    made to fail."""
 
     def __init__(self, gated: bool = False) -> None:
         self.batches: list[list] = []
@@ -22,7 +24,7 @@ class FakeRunner:
         self.fail_on: object | None = None
         self.wrong_count = False
 
-    async def __call__(self, payloads: list) -> list:
+    async def start_batch(self, payloads: list) -> list:
         self.batches.append(list(payloads))
         self.started.set()
         await self.gate.wait()
@@ -32,12 +34,15 @@ class FakeRunner:
             return payloads[:-1]
         return [p * 2 for p in payloads]
 
+    async def finish_batch(self, outputs: list) -> list:
+        return outputs
+
 
 def run(scenario):
     return asyncio.run(asyncio.wait_for(scenario(), timeout=10))
 
 
-def batcher(runner: FakeRunner, **settings) -> DynamicBatcher:
+def batcher(runner: BatchRunner, **settings) -> DynamicBatcher:
     defaults = {"max_batch_size": 4, "max_queue_delay_ms": 10_000}
     b = DynamicBatcher(runner, **{**defaults, **settings})
     b.start()
@@ -352,8 +357,8 @@ def test_waiting_stops_when_announced_items_fail_before_arriving():
 
 
 class PipelinedRunner:
-    """Stage one (preprocessing) and stage two (inference), each held at its own gate; returns the
-    second stage as an awaitable once the first is done, as the worker's device path does."""
+    """Stage one (preprocessing) and stage two (inference), each held at its own gate, as the worker's
+    device path runs them."""
 
     def __init__(self) -> None:
         self.first_gate, self.second_gate = asyncio.Event(), asyncio.Event()
@@ -361,18 +366,17 @@ class PipelinedRunner:
         self.second: list[list] = []
         self.fail_second_on: object | None = None
 
-    async def __call__(self, payloads: list):
+    async def start_batch(self, payloads: list) -> list:
         self.first.append(list(payloads))
         await self.first_gate.wait()
+        return list(payloads)
 
-        async def second_stage() -> list:
-            self.second.append(list(payloads))
-            await self.second_gate.wait()
-            if self.fail_second_on in payloads:
-                raise RuntimeError(f"inference failed on {self.fail_second_on}")
-            return [p * 2 for p in payloads]
-
-        return asyncio.ensure_future(second_stage())
+    async def finish_batch(self, payloads: list) -> list:
+        self.second.append(payloads)
+        await self.second_gate.wait()
+        if self.fail_second_on in payloads:
+            raise RuntimeError(f"inference failed on {self.fail_second_on}")
+        return [p * 2 for p in payloads]
 
 
 def test_a_pipelined_runner_gets_the_next_batch_once_its_first_stage_is_done_not_before():
@@ -418,14 +422,159 @@ def test_a_failed_second_stage_fails_its_batch_only_and_stop_waits_for_second_st
 
 def test_a_runner_can_fail_one_item_and_its_caller_alone_sees_the_error():
     async def scenario():
-        async def runner(payloads: list) -> list:
-            return [ValueError(f"bad {p}") if p == "bad" else p.upper() for p in payloads]
+        class Runner:
+            async def start_batch(self, payloads: list) -> list:
+                return payloads
 
-        b = DynamicBatcher(runner, max_batch_size=4, max_queue_delay_ms=50)
+            async def finish_batch(self, payloads: list) -> list:
+                return [ValueError(f"bad {p}") if p == "bad" else p.upper() for p in payloads]
+
+        b = DynamicBatcher(Runner(), max_batch_size=4, max_queue_delay_ms=50)
         b.start()
         good, bad = await asyncio.gather(b.submit(["a", "b"]), b.submit(["bad"]), return_exceptions=True)
         assert good == ["A", "B"]
         assert isinstance(bad, ValueError) and str(bad) == "bad bad"
+        await b.stop()
+
+    run(scenario)
+
+
+# --- The runner protocol: start_batch(payloads) -> handle, then finish_batch(handle) -> outputs ---
+
+
+class TwoStageRunner:
+    """A BatchRunner whose handle is not its payloads: a numbered ticket, so the tests can check that
+    finish_batch gets exactly what start_batch returned. Either stage can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.started: list[list] = []
+        self.finished: list[int] = []  # tickets, in the order finish_batch received them
+        self.start_gate, self.finish_gate = asyncio.Event(), asyncio.Event()
+        self.start_gate.set()
+        self.finish_gate.set()
+        self.in_start = asyncio.Event()
+        self.start_error: Exception | None = None
+        self.finish_error: Exception | None = None
+        self._batches: dict[int, list] = {}
+
+    async def start_batch(self, payloads: list) -> int:
+        ticket = len(self.started)
+        self.started.append(list(payloads))
+        self._batches[ticket] = list(payloads)
+        self.in_start.set()
+        await self.start_gate.wait()
+        if self.start_error is not None:
+            raise self.start_error
+        return ticket
+
+    async def finish_batch(self, ticket: int) -> list:
+        self.finished.append(ticket)
+        await self.finish_gate.wait()
+        if self.finish_error is not None:
+            raise self.finish_error
+        return [p * 10 for p in self._batches.pop(ticket)]
+
+    def computed(self) -> list:
+        return [p for batch in self.started for p in batch]
+
+
+def test_a_two_stage_runner_batches_concurrent_requests_and_finishes_each_handle_once():
+    async def scenario():
+        runner = TwoStageRunner()
+        runner.start_gate.clear()
+        b = batcher(runner, max_batch_size=3, max_queue_delay_ms=0)
+        first = asyncio.create_task(b.submit([0]))
+        await runner.in_start.wait()
+        queued = [asyncio.create_task(b.submit([i, i + 1])) for i in (1, 3, 5)]  # queued while busy
+        await asyncio.sleep(0.01)
+        runner.start_gate.set()
+        assert await asyncio.gather(first, *queued) == [[0], [10, 20], [30, 40], [50, 60]]
+        assert runner.started == [[0], [1, 2, 3], [4, 5, 6]]  # full batches, a request split in order
+        assert sorted(runner.finished) == [0, 1, 2]  # every handle finished, once
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_reaches_neither_stage():
+    async def scenario():
+        runner = TwoStageRunner()
+        runner.start_gate.clear()
+        b = batcher(runner, max_batch_size=4, max_queue_delay_ms=0)
+        busy = asyncio.create_task(b.submit([1]))
+        await runner.in_start.wait()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):  # the worker's deadline
+                await b.submit([7, 8])
+        left = asyncio.create_task(b.submit([9]))
+        await asyncio.sleep(0)
+        left.cancel()  # the client went away
+        await asyncio.sleep(0)
+        assert b.queue_depth == 0
+        runner.start_gate.set()
+        assert await busy == [10]
+        assert await b.submit([2]) == [20]
+        assert runner.computed() == [1, 2]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_an_exception_in_start_batch_answers_every_request_of_that_batch():
+    async def scenario():
+        runner = TwoStageRunner()
+        runner.start_gate.clear()
+        b = batcher(runner, max_batch_size=4, max_queue_delay_ms=0)
+        first = asyncio.create_task(b.submit([0]))
+        await runner.in_start.wait()
+        batch = [asyncio.create_task(b.submit(p)) for p in ([1], [2, 3], [4])]
+        await asyncio.sleep(0.01)
+        runner.start_error = RuntimeError("device out of memory")
+        runner.start_gate.set()
+        results = await asyncio.gather(first, *batch, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) and "out of memory" in str(r) for r in results)
+        assert runner.started == [[0], [1, 2, 3, 4]]  # two batches, each failed as a whole
+        runner.start_error = None
+        assert await b.submit([5]) == [50]  # the batcher carries on
+        await b.stop()
+
+    run(scenario)
+
+
+def test_an_exception_in_finish_batch_answers_every_request_of_that_batch_and_no_other():
+    async def scenario():
+        runner = TwoStageRunner()
+        runner.finish_gate.clear()
+        b = batcher(runner, max_batch_size=3, max_queue_delay_ms=0)
+        failing = [asyncio.create_task(b.submit(p)) for p in ([1], [2, 3])]
+        await asyncio.sleep(0.01)
+        assert runner.finished == [0]  # batch 0 waits in finish_batch; the runner is free again
+        runner.finish_error = RuntimeError("CUDA error: an illegal memory access")
+        runner.finish_gate.set()
+        results = await asyncio.gather(*failing, return_exceptions=True)
+        assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+        assert results[0] is results[1]  # one failure, delivered to each caller of the batch
+        runner.finish_error = None
+        assert await b.submit([4]) == [40]
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_caller_leaving_after_its_batch_started_does_not_disturb_the_others_in_it():
+    async def scenario():
+        runner = TwoStageRunner()
+        runner.finish_gate.clear()
+        b = batcher(runner, max_batch_size=4, max_queue_delay_ms=10_000, preferred_batch_sizes=[3])
+        stays = asyncio.create_task(b.submit([1, 2]))
+        leaves = asyncio.create_task(b.submit([3]))
+        await asyncio.sleep(0.01)
+        assert runner.started == [[1, 2, 3]] and runner.finished == [0]
+        leaves.cancel()  # too late to save the work: the batch is computed, this result dropped
+        with pytest.raises(asyncio.CancelledError):
+            await leaves
+        runner.finish_gate.set()
+        assert await stays == [10, 20]
         await b.stop()
 
     run(scenario)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainer.ema import ModelEma, warmed_up_decay
-from trainer.train import _better_weights
+from trainer.fit import _better_weights
 
 
 def _net() -> nn.Module:
