@@ -29,6 +29,7 @@ from benchmarks.ceiling import measure_ceiling
 from benchmarks.report import machine_line, saved_figure
 from benchmarks.timing import time_calls
 from imgcls.errors import describe_error
+from imgcls.extras import missing_requirements
 from imgcls.formats import artifacts_of, format_named, runtime_label
 from imgcls.manifest import Manifest
 from service.batcher import doubling_batch_sizes
@@ -100,7 +101,10 @@ def available_runtimes(
         except Exception as exc:  # a model the eager builder cannot rebuild, a provider that fails
             skipped[label] = describe_error(exc)
 
-    if manifest.architecture:
+    missing = missing_requirements("train")
+    if manifest.architecture and missing:  # the eager model is built with the trainer's model registry
+        skipped["eager"] = f'needs the train extra (missing: {", ".join(missing)}): pip install "imgcls[train]"'
+    elif manifest.architecture:
         attempt("eager", lambda: EagerRuntime(manifest, device=device))
     for name, what in (("torchscript", "TorchScript"), ("onnx", "ONNX")):
         if not artifacts_of(manifest, name):
