@@ -103,7 +103,9 @@ def available_runtimes(
 
     missing = missing_requirements("train")
     if manifest.architecture and missing:  # the eager model is built with the trainer's model registry
-        skipped["eager"] = f'needs the train extra (missing: {", ".join(missing)}): pip install "imgcls[train]"'
+        skipped["eager"] = (
+            f'needs the train extra (missing: {", ".join(missing)}): pip install "imgcls[train]"'
+        )
     elif manifest.architecture:
         attempt("eager", lambda: EagerRuntime(manifest, device=device))
     for name, what in (("torchscript", "TorchScript"), ("onnx", "ONNX")):
