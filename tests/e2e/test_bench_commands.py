@@ -9,6 +9,8 @@ import pytest
 
 from imgcls.cli import main
 
+pytestmark = pytest.mark.slow  # each starts real servers and measures for seconds
+
 LOAD_KEYS = {
     "requests_per_s",
     "images_per_s",

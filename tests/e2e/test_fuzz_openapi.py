@@ -7,9 +7,12 @@ never hangs (each call has a timeout). The number of examples is bounded to keep
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+
+pytestmark = pytest.mark.slow  # hundreds of generated requests
 
 
 def test_no_route_answers_5xx_to_any_input(server_url: str):

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs scripts/gpu-check.sh
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 

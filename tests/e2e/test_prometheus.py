@@ -19,6 +19,8 @@ import pytest
 from tests.api.conftest import class_image
 from tests.conftest import require_tool
 
+pytestmark = pytest.mark.slow  # a real Prometheus scraping a real server
+
 RULES_DIR = Path(__file__).resolve().parents[2] / "k8s" / "monitoring"
 
 

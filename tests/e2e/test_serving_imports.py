@@ -14,9 +14,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.client import wait_until_ready
 from tests.api.conftest import class_image
+
+pytestmark = pytest.mark.slow  # a real server under -X importtime
 
 ROOT = Path(__file__).resolve().parents[2]
 # The trainer's libraries (the train extra) and its config schema: none may load to serve a model.

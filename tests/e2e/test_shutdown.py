@@ -19,6 +19,8 @@ import pytest
 from service.client import wait_until_ready
 from tests.api.conftest import class_image
 
+pytestmark = pytest.mark.slow  # real servers, signals and grace periods
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -287,6 +287,7 @@ def test_a_split_file_listing_missing_images_is_refused(make_imagefolder, tiny_c
         train(tiny_config(data, "run_name=second", f"data.split_file={first.run_dir / 'split.csv'}"))
 
 
+@pytest.mark.slow  # fine-tunes a real resnet18 for an epoch
 def test_the_transfer_learning_config_fine_tunes_a_torchvision_model_from_a_local_file(
     make_imagefolder, tmp_path, monkeypatch
 ):
