@@ -356,6 +356,8 @@ def run(coroutine):
 
 def write_report(summaries: list[dict], meta: dict, folder: Path) -> Path:
     """results.json, results.md and latency-vs-throughput.png in ``folder`` (``RunResult.summary()`` each)."""
+    from benchmarks.report import figure_line, plotting_available, saved_figure
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps({**meta, "runs": summaries}, indent=1) + "\n")
     lines = [
@@ -373,22 +375,21 @@ def write_report(summaries: list[dict], meta: dict, folder: Path) -> Path:
             for s in summaries
         ),
         "",
-        "![latency against throughput](latency-vs-throughput.png)",
+        figure_line("latency against throughput", "latency-vs-throughput.png"),
         "",
     ]
     (folder / "results.md").write_text("\n".join(lines))
 
-    from benchmarks.report import saved_figure
-
-    with saved_figure(folder / "latency-vs-throughput.png") as (_, ax):
-        throughput = [s["images_per_s"] for s in summaries]
-        for key in ("p50_ms", "p99_ms"):
-            ax.plot(throughput, [s[key] for s in summaries], marker="o", label=key.removesuffix("_ms"))
-        for s, x in zip(summaries, throughput, strict=True):
-            ax.annotate(
-                s["mode"], (x, s["p99_ms"] or 0), textcoords="offset points", xytext=(4, 4), fontsize=8
-            )
-        ax.set(xlabel="images/s", ylabel="latency (ms)", title=f"{meta['model']} over {meta['protocol']}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    if plotting_available():
+        with saved_figure(folder / "latency-vs-throughput.png") as (_, ax):
+            throughput = [s["images_per_s"] for s in summaries]
+            for key in ("p50_ms", "p99_ms"):
+                ax.plot(throughput, [s[key] for s in summaries], marker="o", label=key.removesuffix("_ms"))
+            for s, x in zip(summaries, throughput, strict=True):
+                ax.annotate(
+                    s["mode"], (x, s["p99_ms"] or 0), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
+            ax.set(xlabel="images/s", ylabel="latency (ms)", title=f"{meta['model']} over {meta['protocol']}")
+            ax.grid(alpha=0.3)
+            ax.legend()
     return folder

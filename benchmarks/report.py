@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOAD_COLUMNS", "machine_line", "saved_figure", "write_table_report"]
+__all__ = [
+    "LOAD_COLUMNS",
+    "figure_line",
+    "machine_line",
+    "plotting_available",
+    "saved_figure",
+    "write_table_report",
+]
 
 # (header, key) of the load columns every server table shows
 LOAD_COLUMNS = (
@@ -20,6 +28,19 @@ LOAD_COLUMNS = (
     ("errors", "errors"),
     ("client CPU %", "client_cpu_percent"),
 )
+
+
+def plotting_available() -> bool:
+    """Whether matplotlib is installed: it comes with the train extra, so a serving install (`pip install
+    imgcls`) benchmarks and writes its tables without the figures."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def figure_line(alt: str, file_name: str) -> str:
+    """The Markdown line that shows a figure, or says why there is none."""
+    if plotting_available():
+        return f"![{alt}]({file_name})"
+    return '(no figure: matplotlib is not installed here; `pip install "imgcls[train]"` adds it)'
 
 
 @contextlib.contextmanager
@@ -80,21 +101,22 @@ def write_table_report(
         "",
         *outro,
         "",
-        "![throughput and p99](throughput-p99.png)",
+        figure_line("throughput and p99", "throughput-p99.png"),
         "",
     ]
     (folder / "results.md").write_text("\n".join(lines))
 
     labels = [str(row[label_key]) for row in rows]
     size = (10, 0.6 * len(rows) + 2)
-    with saved_figure(folder / "throughput-p99.png", ncols=2, figsize=size) as (fig, (left, right)):
-        left.barh(labels, [row.get("images_per_s") or 0 for row in rows], color="tab:blue")
-        left.set(xlabel="images/s (higher is better)")
-        right.barh(labels, [row.get("p99_ms") or 0 for row in rows], color="tab:orange")
-        right.set(xlabel="p99 latency, ms (lower is better)")
-        right.set_yticks([])
-        for axis in (left, right):
-            axis.invert_yaxis()
-            axis.grid(axis="x", alpha=0.3)
-        fig.suptitle(title, fontsize=10)
+    if plotting_available():
+        with saved_figure(folder / "throughput-p99.png", ncols=2, figsize=size) as (fig, (left, right)):
+            left.barh(labels, [row.get("images_per_s") or 0 for row in rows], color="tab:blue")
+            left.set(xlabel="images/s (higher is better)")
+            right.barh(labels, [row.get("p99_ms") or 0 for row in rows], color="tab:orange")
+            right.set(xlabel="p99 latency, ms (lower is better)")
+            right.set_yticks([])
+            for axis in (left, right):
+                axis.invert_yaxis()
+                axis.grid(axis="x", alpha=0.3)
+            fig.suptitle(title, fontsize=10)
     return folder

@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.artifact_runtimes import load_every_artifact
 from benchmarks.ceiling import measure_ceiling
-from benchmarks.report import machine_line, saved_figure
+from benchmarks.report import figure_line, machine_line, plotting_available, saved_figure
 from benchmarks.timing import time_calls
 from imgcls.errors import describe_error
 from imgcls.extras import missing_requirements
@@ -302,26 +302,27 @@ def write_runtimes_report(document: dict, folder: Path) -> Path:
             for c in document["pipeline"]
         ),
         "",
-        "![images/s by batch size](images-per-s-by-batch.png)",
+        figure_line("images/s by batch size", "images-per-s-by-batch.png"),
         "",
     ]
     (folder / "results.md").write_text("\n".join(lines))
 
-    with saved_figure(folder / "images-per-s-by-batch.png") as (_, ax):
-        for name in dict.fromkeys(r["runtime"] for r in document["runtimes"]):
-            rows = [r for r in document["runtimes"] if r["runtime"] == name]
-            ax.plot(
-                [r["batch_size"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=name
+    if plotting_available():
+        with saved_figure(folder / "images-per-s-by-batch.png") as (_, ax):
+            for name in dict.fromkeys(r["runtime"] for r in document["runtimes"]):
+                rows = [r for r in document["runtimes"] if r["runtime"] == name]
+                ax.plot(
+                    [r["batch_size"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=name
+                )
+            ax.axhline(
+                best["images_per_s"], color="grey", linestyle="--", label="in-process ceiling (with decode)"
             )
-        ax.axhline(
-            best["images_per_s"], color="grey", linestyle="--", label="in-process ceiling (with decode)"
-        )
-        ax.set_xscale("log", base=2)
-        ax.set(
-            xlabel="batch size",
-            ylabel="images/s (inference only)",
-            title=f"{document['architecture']} on {document['device']}",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend()
+            ax.set_xscale("log", base=2)
+            ax.set(
+                xlabel="batch size",
+                ylabel="images/s (inference only)",
+                title=f"{document['architecture']} on {document['device']}",
+            )
+            ax.grid(alpha=0.3)
+            ax.legend()
     return folder

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.machine import machine, result_folder
-from benchmarks.report import saved_figure
+from benchmarks.report import figure_line, plotting_available, saved_figure
 from benchmarks.servers import free_port, imgcls_server, running
 from benchmarks.stats import percentile
 
@@ -147,15 +147,16 @@ def main() -> int:
     (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
     t = [w["t_s"] for w in windows]
-    with saved_figure(folder / "soak.png", ncols=2, figsize=(11, 4)) as (_, (memory_ax, latency_ax)):
-        memory_ax.plot(t, [w["rss_mib"] for w in windows], marker="o")
-        memory_ax.set(title="Server RSS", xlabel="seconds", ylabel="MiB")
-        latency_ax.plot(t, [w["p50_ms"] for w in windows], marker="o", label="p50")
-        latency_ax.plot(t, [w["p99_ms"] for w in windows], marker="o", label="p99")
-        latency_ax.set(title="Request latency", xlabel="seconds", ylabel="ms")
-        latency_ax.legend()
-        for ax in (memory_ax, latency_ax):
-            ax.grid(alpha=0.3)
+    if plotting_available():
+        with saved_figure(folder / "soak.png", ncols=2, figsize=(11, 4)) as (_, (memory_ax, latency_ax)):
+            memory_ax.plot(t, [w["rss_mib"] for w in windows], marker="o")
+            memory_ax.set(title="Server RSS", xlabel="seconds", ylabel="MiB")
+            latency_ax.plot(t, [w["p50_ms"] for w in windows], marker="o", label="p50")
+            latency_ax.plot(t, [w["p99_ms"] for w in windows], marker="o", label="p99")
+            latency_ax.set(title="Request latency", xlabel="seconds", ylabel="ms")
+            latency_ax.legend()
+            for ax in (memory_ax, latency_ax):
+                ax.grid(alpha=0.3)
 
     lines = [
         f"# Soak: {args.minutes:g} min, {args.concurrency} concurrent clients, {args.images_per_request} images per request",
@@ -172,7 +173,7 @@ def main() -> int:
         f"RSS {summary['rss_mib_first']} -> {summary['rss_mib_last']} MiB after warm-up ({summary['rss_mib_growth']:+} MiB); "
         f"p99 {summary['p99_ms_first']} -> {summary['p99_ms_last']} ms; {summary['rps_mean']} requests/s; {summary['errors']} errors.",
         "",
-        "![soak](soak.png)",
+        figure_line("soak", "soak.png"),
         "",
     ]
     (folder / "results.md").write_text("\n".join(lines))

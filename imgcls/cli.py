@@ -18,7 +18,7 @@ import typer
 
 from benchmarks import cli as benchmarks_cli
 from imgcls.errors import ImgclsError
-from imgcls.extras import missing_requirements
+from imgcls.extras import extra_providing, missing_requirements
 from imgcls.usage import click
 from service import cli as service_cli
 from trainer import cli as trainer_cli
@@ -84,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except ModuleNotFoundError as exc:
         # A command reached a library of an extra that is not installed (commands check theirs first;
-        # this is the net under the ones that reach one further in).
-        missing = missing_requirements("train")
-        if not missing:
+        # this is the net under the ones that reach one further in). Any other missing module is a bug
+        # and keeps its traceback.
+        extra = extra_providing(exc.name)
+        if extra is None:
             raise
         typer.echo(
-            f"error: this command needs the Python module {exc.name!r}, which is not installed; the train "
-            f'extra is incomplete here (missing: {", ".join(missing)}): pip install "imgcls[train]"',
+            f"error: this command needs the Python module {exc.name!r}, from the {extra} extra, which is "
+            f'not installed here (missing: {", ".join(missing_requirements(extra))}): pip install "imgcls[{extra}]"',
             err=True,
         )
         return 2

@@ -12,8 +12,10 @@ from importlib import metadata
 
 from imgcls.errors import MissingExtraError
 
-__all__ = ["extra_requirements", "missing_requirements", "require_extra"]
+__all__ = ["extra_providing", "extra_requirements", "missing_requirements", "require_extra"]
 
+# Import names that are not their distribution's name (the others import as the name, '-' read as '_').
+_IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml"}
 _EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -53,3 +55,15 @@ def require_extra(extra: str, command: str) -> None:
             f"{command} needs the {extra} extra, which is not installed here (missing: {', '.join(missing)}); "
             f'install it with: pip install "imgcls[{extra}]"'
         )
+
+
+def extra_providing(module: str | None, extra: str = "train") -> str | None:
+    """``extra`` when ``module`` (a dotted import name) belongs to one of its distributions that is not
+    installed here, else None: whether a ModuleNotFoundError means "install the extra" or a real bug."""
+    if not module:
+        return None
+    top = module.partition(".")[0]
+    for name in missing_requirements(extra):
+        if top == _IMPORT_NAMES.get(name.lower(), name.lower().replace("-", "_")):
+            return extra
+    return None

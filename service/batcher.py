@@ -286,7 +286,11 @@ class DynamicBatcher(Generic[In, Out]):
                 if not item.future.done():
                     item.future.cancel()
             raise
-        self._deliver(batch, outputs, started)
+        try:
+            self._deliver(batch, outputs, started)
+        except Exception as exc:  # outputs that do not fit the batch: a runner bug, answered, not hung
+            log.exception("delivering a batch of %d failed", len(batch))
+            self._fail(batch, exc)
 
     def _fail(self, batch: list[_Item], exc: Exception) -> None:
         for item in batch:

@@ -578,3 +578,18 @@ def test_a_caller_leaving_after_its_batch_started_does_not_disturb_the_others_in
         await b.stop()
 
     run(scenario)
+
+
+def test_outputs_that_cannot_be_delivered_answer_the_batch_with_the_error_instead_of_hanging(caplog):
+    class NoLength(FakeRunner):
+        async def finish_batch(self, outputs: list) -> object:
+            return iter(outputs)  # a runner bug: no len(), so the batcher cannot match outputs to items
+
+    async def scenario():
+        b = batcher(NoLength(), max_batch_size=2, max_queue_delay_ms=0)
+        results = await asyncio.gather(b.submit([1]), b.submit([2]), return_exceptions=True)
+        assert [type(r) for r in results] == [TypeError, TypeError]
+        await b.stop()
+
+    run(scenario)
+    assert "delivering a batch of" in caplog.text

@@ -217,3 +217,12 @@ def test_a_measured_server_does_not_inherit_imgcls_settings_from_the_shell():
 
     environ = {"PATH": "/bin", "IMGCLS_MODELS": '{"m": {"runtime": "tensorrt"}}', "IMGCLS_API_KEYS": "k" * 16}
     assert _without_imgcls_settings(environ) == {"PATH": "/bin"}
+
+
+def test_without_matplotlib_a_report_says_why_it_has_no_figure(monkeypatch):
+    from benchmarks import report
+
+    assert report.figure_line("soak", "soak.png") == "![soak](soak.png)"
+    monkeypatch.setattr(report.importlib.util, "find_spec", lambda name: None)
+    assert not report.plotting_available()
+    assert 'pip install "imgcls[train]"' in report.figure_line("soak", "soak.png")

@@ -72,3 +72,17 @@ def test_a_command_that_reaches_a_missing_library_further_in_gets_the_same_advic
     assert main(["models"]) == 2
     err = capsys.readouterr().err
     assert "'timm'" in err and 'pip install "imgcls[train]"' in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("without_timm")
+def test_a_missing_module_outside_the_extra_is_a_bug_and_keeps_its_traceback(monkeypatch):
+    from trainer import cli as trainer_cli
+
+    def reaches_a_typo(name: str, command: str) -> None:
+        raise ModuleNotFoundError("No module named 'servcie'", name="servcie")
+
+    monkeypatch.setattr(trainer_cli, "require_extra", reaches_a_typo)
+    assert extras.extra_providing("timm.models") == "train"
+    assert extras.extra_providing("servcie") is None and extras.extra_providing(None) is None
+    with pytest.raises(ModuleNotFoundError, match="servcie"):
+        main(["models"])
