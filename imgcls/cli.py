@@ -18,6 +18,7 @@ import typer
 
 from benchmarks import cli as benchmarks_cli
 from imgcls.errors import ImgclsError
+from imgcls.explain import cli as explain_cli
 from imgcls.extras import extra_providing, missing_requirements
 from imgcls.usage import click
 from service import cli as service_cli
@@ -41,6 +42,7 @@ app = typer.Typer(
 app.add_typer(trainer_cli.app)  # data, models, train, export
 app.add_typer(service_cli.app)  # serve, predict
 app.add_typer(benchmarks_cli.app)  # bench, evaluate
+app.add_typer(explain_cli.app)  # explain
 
 
 class _StderrHandler(logging.StreamHandler):

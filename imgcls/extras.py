@@ -15,7 +15,7 @@ from imgcls.errors import MissingExtraError
 __all__ = ["extra_providing", "extra_requirements", "missing_requirements", "require_extra"]
 
 # Import names that are not their distribution's name (the others import as the name, '-' read as '_').
-_IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml"}
+_IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml", "grad-cam": "pytorch_grad_cam"}
 _EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 

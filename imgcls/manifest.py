@@ -32,6 +32,7 @@ __all__ = [
     "BaselineCheck",
     "Calibration",
     "EngineInfo",
+    "ExplainSpec",
     "InputSpec",
     "Manifest",
     "ParityResult",
@@ -140,6 +141,12 @@ class InputSpec(_Strict):
         return self.channels, self.height, self.width
 
 
+def _plain_file_name(value: str) -> str:
+    if not value or "/" in value or "\\" in value or value in {".", ".."} or value.startswith("."):
+        raise ValueError(f"a bundle file must be a plain file name inside the bundle, got {value!r}")
+    return value
+
+
 class ParityResult(_Strict):
     """How an exported artifact compares with the eager model on validation images.
 
@@ -215,9 +222,7 @@ class Artifact(_Strict):
     @field_validator("path")
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
-        if not value or "/" in value or "\\" in value or value in {".", ".."} or value.startswith("."):
-            raise ValueError(f"artifact path must be a plain file name inside the bundle, got {value!r}")
-        return value
+        return _plain_file_name(value)
 
     @model_validator(mode="after")
     def _check_kind(self) -> Artifact:
@@ -247,6 +252,35 @@ class BaselineCheck(_Strict):
     warning: str | None = None
 
 
+class ExplainSpec(_Strict):
+    """What explanations need (``imgcls.explain``): the eager model's weights, which the frozen artifacts
+    no longer expose to hooks, and the layer Grad-CAM reads. A bundle without it is not explainable.
+
+    The eager model is ``Manifest.architecture`` with ``len(labels)`` classes and ``input.channels``
+    input channels at ``input.height`` px, its weights loaded from ``weights``.
+    """
+
+    weights: str  # plain file name: the state dict, saved with torch.save and read with weights_only
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size_bytes: Annotated[int, Field(ge=1)]
+    target_layer: Annotated[str, Field(min_length=1)]  # dotted module path in the eager model
+    layout: Literal["NCHW", "tokens"] = "NCHW"  # tokens: a ViT's [N, prefix + h*w, C] sequence
+    token_grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
+    prefix_tokens: Annotated[int, Field(ge=0)] = 0  # class and register tokens before the patch tokens
+    methods: tuple[Literal["gradcam", "rollout"], ...] = ("gradcam",)
+
+    @field_validator("weights")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        return _plain_file_name(value)
+
+    @model_validator(mode="after")
+    def _grid_for_tokens(self) -> ExplainSpec:
+        if self.layout == "tokens" and self.token_grid is None:
+            raise ValueError("a tokens layout needs token_grid (the patch grid's height and width)")
+        return self
+
+
 class SourceInfo(_Strict):
     """Where the bundle came from, for audit."""
 
@@ -272,6 +306,10 @@ class Manifest(_Strict):
     baseline_check: BaselineCheck | None = None  # None: random-init bundles, and runs before the check
     # "random_init": a speed bundle from `imgcls export --random-init`; its predictions mean nothing.
     weights: Literal["trained", "random_init"] = "trained"
+    # Temperature scaling fitted on the validation split (Guo et al. 2017): served probabilities are
+    # softmax(logits / temperature). None: softmax(logits), as bundles written before it.
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
+    explain: ExplainSpec | None = None  # None: the bundle cannot be explained (re-export it)
     created_at: datetime
     architecture: str
     config_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # sha256 of the resolved training config
@@ -302,7 +340,7 @@ class Manifest(_Strict):
             raise ValueError("metrics must include 'accuracy' (the test-split accuracy) for trained weights")
         if not self.artifacts:
             raise ValueError("a bundle needs at least one artifact")
-        paths = [a.path for a in self.artifacts]
+        paths = [a.path for a in self.artifacts] + ([self.explain.weights] if self.explain else [])
         if len(set(paths)) != len(paths):
             raise ValueError(f"artifact paths must be unique, got {paths}")
         spec = self.preprocess

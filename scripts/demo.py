@@ -30,21 +30,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train() -> tuple[Path, Path]:
-    """Run `imgcls train`, echoing its output; return the run folder and the bundle folder."""
+def train() -> tuple[Path, Path, Path]:
+    """Run `imgcls train`, echoing its output; return the run folder, the bundle folder and the report."""
     process = subprocess.Popen(
         [*IMGCLS, "train", "--config", "configs/digits.yaml"], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
-    run_dir = bundle_dir = None
+    run_dir = bundle_dir = report = None
     for line in process.stdout:
         print(line, end="", flush=True)
         if match := re.match(r"run: (\S+)", line):
             run_dir = ROOT / match.group(1)
         if match := re.match(r"bundle: (\S+)", line):
             bundle_dir = ROOT / match.group(1)
-    if process.wait() != 0 or run_dir is None or bundle_dir is None:
+        if match := re.match(r"report: (\S+)", line):
+            report = ROOT / match.group(1)
+    if process.wait() != 0 or run_dir is None or bundle_dir is None or report is None:
         sys.exit(f"demo: imgcls train failed (exit {process.returncode})")
-    return run_dir, bundle_dir
+    return run_dir, bundle_dir, report
 
 
 def held_back_images(run_dir: Path, count: int) -> list[tuple[Path, str]]:
@@ -84,8 +86,8 @@ def main() -> int:
         step("write the embedded digits dataset")
         subprocess.run([*IMGCLS, "data", "digits", "--out", "data/digits"], check=True)
 
-    step("train, evaluate and export (configs/digits.yaml)")
-    run_dir, bundle_dir = train()
+    step("train, evaluate, export and report (configs/digits.yaml)")
+    run_dir, bundle_dir, report = train()
     name, version = bundle_dir.parent.name, int(bundle_dir.name)
 
     port = free_port()
@@ -120,8 +122,23 @@ def main() -> int:
         path, truth = images[0]
         upload = predict_files(url, name, [path], version=version, multipart=True)
         print(f"  {path.name}  true {truth}  predicted {upload['predictions'][0]['label']}")
+
+        step("why: Grad-CAM for three held-back images (imgcls explain)")
+        subprocess.run(
+            [
+                *IMGCLS,
+                "explain",
+                "--bundle",
+                str(bundle_dir),
+                *(str(p) for p, _ in images[:3]),
+                "--out",
+                "explained",
+            ],
+            check=True,
+        )
         print(
             f"\ndone: run {run_dir.relative_to(ROOT)}, bundle {bundle_dir.relative_to(ROOT)}; `make serve` keeps it running"
+            f"\nthe evaluation report: {report.relative_to(ROOT)} (open it in a browser; no network needed)"
         )
     finally:
         server.send_signal(signal.SIGINT)

@@ -61,6 +61,8 @@ def _trust(manifest: Manifest) -> dict[str, str | float]:
         parameters["test_accuracy"] = manifest.metrics["accuracy"]
     if manifest.baseline_check is not None:
         parameters["baseline_check"] = "passed" if manifest.baseline_check.passed else "failed"
+    # the scores are softmax(logits / temperature): calibrated on the run's validation split
+    parameters["temperature"] = manifest.temperature or 1.0
     warning = manifest.quality_warning
     if warning is not None:
         parameters["warning"] = warning

@@ -1,4 +1,4 @@
-"""``imgcls data|models|train|export``: the trainer's commands.
+"""``imgcls data|models|train|export|report``: the trainer's commands.
 
 ``imgcls.cli`` puts them on the ``imgcls`` command line beside the service's and the benchmarks', and
 turns errors into exit codes there. Each command imports the training libraries only when it runs,
@@ -115,6 +115,10 @@ def train(
     export: Annotated[
         bool | None, typer.Option("--export/--no-export", help="Export a bundle at the end (export.enabled).")
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option("--report/--no-report", help="Write the evaluation report into the run at the end."),
+    ] = True,
 ) -> None:
     """Train a classifier on a folder of labelled images, evaluate it on the test split, and export a bundle.
 
@@ -160,6 +164,12 @@ def train(
         typer.echo(
             f"bundle: {exported.bundle_dir} ({', '.join(a.path for a in exported.manifest.artifacts)})"
         )
+    if report:
+        from trainer.reporting.build import ReportOptions, write_report
+
+        bundle = exported.bundle_dir if resolved.export.enabled else None
+        page = write_report(result.run_dir, ReportOptions(bundle=bundle))
+        typer.echo(f"report: {page}")
     check = result.baseline_check
     if check is not None and not check.passed:  # last, so it is the line a user reads
         typer.echo(
@@ -282,3 +292,47 @@ def export(
             line += " - FAILED parity: kept for speed tests only, the service will not choose it"
         typer.echo(line)
     typer.echo(f"bundle: {result.bundle_dir}")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Option("--run", help="The run folder (runs/<name>) to report on.")],
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            help="Review this bundle's weights and temperature (models/NAME/VERSION) instead of the run's."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evaluate on this labelled folder or CSV (a new site, a new camera) instead of a split."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="The run's split to evaluate: train, val or test.")] = "test",
+    compare: Annotated[
+        Path | None, typer.Option(help="Another run with a report: every metric and class F1 side by side.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/report).")] = None,
+    max_images: Annotated[
+        int, typer.Option(min=1, help="At most this many images for robustness and the mistakes gallery.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap, the subsets and the corruptions.")] = 0,
+) -> None:
+    """Write the evaluation report: metrics with bootstrap intervals, per class, confusion, calibration,
+    the most confident mistakes with Grad-CAM, robustness to corruptions, subgroups, baselines, an
+    optional comparison, and a model card. index.html opens from disk; metrics.json is the same data.
+
+    Example: imgcls report --run runs/digits-20261203-101500 --compare runs/digits-20261201-090000
+    """
+    require_extra("train", "imgcls report")
+    from trainer.reporting.build import ReportOptions, write_report
+
+    page = write_report(
+        run,
+        ReportOptions(
+            bundle=bundle, data=data, split=split, compare=compare, out=out, max_images=max_images, seed=seed
+        ),
+    )
+    typer.echo(f"report: {page}")
+    typer.echo(f"data: {page.parent / 'metrics.json'}, model card: {page.parent / 'model_card.md'}")

@@ -174,6 +174,9 @@ class ExportConfig(_Section):
     tensorrt_max_batch_size: int = Field(default=32, ge=2, le=4096)
     tensorrt_opt_batch_size: int | None = Field(default=None, ge=2)  # None: half of max (at least 2)
     tensorrt_hardware_compatible: bool = False  # True: one engine for every Ampere-or-newer GPU (slower)
+    # Carry the eager weights (weights.pt) so the bundle can be explained (imgcls explain, the report,
+    # the service's explanations); false saves the space of a second copy of the weights.
+    explainable: bool = True
 
     @model_validator(mode="before")
     @classmethod

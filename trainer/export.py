@@ -55,6 +55,7 @@ from trainer.artifacts import (
     needs_calibration,
 )
 from trainer.config import ExportConfig, RunConfig, config_digest, load_config
+from trainer.explain_weights import write_explain_weights
 from trainer.models import create_model
 from trainer.parity import compare
 from trainer.rundir import RunDir, git_sha
@@ -246,6 +247,7 @@ def _write_bundle(
     weights: str,
     run_dir: str,
     baseline_check: BaselineCheck | None = None,
+    temperature: float | None = None,
 ) -> ExportResult:
     """Export ``model`` in each format, check each artifact against the eager model on the parity
     images, and rename the finished bundle into ``final_dir``."""
@@ -297,6 +299,11 @@ def _write_bundle(
                     engine=built.engine,
                 )
             )
+        explain = (
+            write_explain_weights(model, config.model.name, images.parity[:1], staging)
+            if config.export.explainable
+            else None
+        )
         manifest = Manifest(
             name=model_dir.name,
             version=version,
@@ -307,6 +314,8 @@ def _write_bundle(
             metrics=metrics,
             baseline_check=baseline_check,
             weights=weights,
+            temperature=temperature,
+            explain=explain,
             created_at=datetime.now(UTC),
             architecture=config.model.name,
             config_digest=digest,
@@ -406,6 +415,7 @@ def export_bundle(
         weights="trained",
         run_dir=str(run.path),
         baseline_check=baseline_check,
+        temperature=(summary.get("calibration") or {}).get("temperature"),
     )
 
 

@@ -7,65 +7,27 @@ torch/timm caches only; nothing is downloaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from imgcls.architectures import (
+    TORCHVISION_MODELS,
+    SimpleCNN,
+    TorchvisionModel,
+    build_torchvision,
+    replace_first_conv,
+    replace_head,
+)
 from imgcls.errors import ModelError, WeightsNotFoundError
 from trainer.optim import is_head
 
 __all__ = ["MODEL_NAMES", "BuiltModel", "SimpleCNN", "create_model", "describe_models"]
 
 
-class SimpleCNN(nn.Module):
-    """conv-conv-pool, conv-conv-pool, then a dense classifier: small, fast, right for small images."""
-
-    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            ]
-
-        self.features = nn.Sequential(
-            *block(in_chans, width),
-            *block(width, width),
-            nn.MaxPool2d(2),
-            *block(width, 2 * width),
-            *block(2 * width, 2 * width),
-            nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4),  # any input size >= 16 px gives the same classifier input
-        )
-        self.neck = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(inplace=True), nn.Dropout(drop_rate)
-        )
-        self.head = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.neck(self.features(x)))
-
-
-@dataclass(frozen=True)
-class _Torchvision:
-    builder: str  # torchvision.models function name
-    weights_enum: str  # torchvision.models weights enum, for the cached file name
-    head: str  # dotted path of the final Linear layer
-
-
-_TORCHVISION: dict[str, _Torchvision] = {
-    "resnet18": _Torchvision("resnet18", "ResNet18_Weights", "fc"),
-    "resnet50": _Torchvision("resnet50", "ResNet50_Weights", "fc"),
-    "mobilenet_v3_small": _Torchvision("mobilenet_v3_small", "MobileNet_V3_Small_Weights", "classifier.3"),
-    "mobilenet_v3_large": _Torchvision("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "classifier.3"),
-    "efficientnet_b0": _Torchvision("efficientnet_b0", "EfficientNet_B0_Weights", "classifier.1"),
-    "vit_b_16": _Torchvision("vit_b_16", "ViT_B_16_Weights", "heads.head"),
-}
+_TORCHVISION = TORCHVISION_MODELS
 
 MODEL_NAMES = ("simple_cnn", *_TORCHVISION)
 
@@ -87,46 +49,18 @@ def _unknown(name: str) -> ModelError:
     )
 
 
-def _get_module(root: nn.Module, dotted: str) -> nn.Module:
-    return root.get_submodule(dotted)
-
-
-def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent, _, leaf = dotted.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
-def _replace_head(model: nn.Module, head: str, num_classes: int) -> None:
-    old = _get_module(model, head)
-    if not isinstance(old, nn.Linear):
-        raise ModelError(f"cannot replace head {head!r}: expected nn.Linear, found {type(old).__name__}")
-    _set_module(model, head, nn.Linear(old.in_features, num_classes))
-
-
 def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
     """Give the stem conv ``in_chans`` inputs, summing/repeating pretrained RGB filters (timm's recipe)."""
     from timm.models import adapt_input_conv
 
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            if module.in_channels == in_chans:
-                return
-            new = nn.Conv2d(
-                in_chans,
-                module.out_channels,
-                module.kernel_size,
-                stride=module.stride,
-                padding=module.padding,
-                dilation=module.dilation,
-                groups=module.groups,
-                bias=module.bias is not None,
-            )
-            with torch.no_grad():
-                new.weight.copy_(adapt_input_conv(in_chans, module.weight.detach()))
-                if module.bias is not None:
-                    new.bias.copy_(module.bias.detach())
-            _set_module(model, name, new)
-            return
+    replaced = replace_first_conv(model, in_chans)
+    if replaced is None:
+        return
+    _, old, new = replaced
+    with torch.no_grad():
+        new.weight.copy_(adapt_input_conv(in_chans, old.weight.detach()))
+        if old.bias is not None:
+            new.bias.copy_(old.bias.detach())
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -197,7 +131,7 @@ def _load_backbone_weights(
     model.load_state_dict(compatible, strict=False)
 
 
-def _torchvision_cache_file(spec: _Torchvision) -> Path:
+def _torchvision_cache_file(spec: TorchvisionModel) -> Path:
     import torchvision.models as tvm
 
     url = getattr(tvm, spec.weights_enum).DEFAULT.url
@@ -230,18 +164,6 @@ def _hf_cache_dir() -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     return str(HF_HUB_CACHE)
-
-
-def _build_torchvision(name: str, num_classes: int, image_size: int, drop_rate: float) -> nn.Module:
-    import torchvision.models as tvm
-
-    kwargs: dict[str, object] = {"weights": None}
-    if name == "vit_b_16":
-        kwargs["image_size"] = image_size
-    if name.startswith(("mobilenet", "efficientnet")):
-        kwargs["dropout"] = drop_rate if drop_rate else 0.2
-    builder: Callable[..., nn.Module] = getattr(tvm, _TORCHVISION[name].builder)
-    return builder(**kwargs)
 
 
 def create_model(
@@ -280,7 +202,7 @@ def create_model(
     spec = _TORCHVISION.get(name)
     if spec is None:
         raise _unknown(name)
-    model = _build_torchvision(name, num_classes, image_size, drop_rate)
+    model = build_torchvision(name, image_size, drop_rate)
     source = None
     if pretrained or weights is not None:
         path = weights if weights is not None else _torchvision_cache_file(spec)
@@ -296,7 +218,7 @@ def create_model(
             state = interpolate_embeddings(image_size, 16, state)
         _load_backbone_weights(model, state, (spec.head,), str(path))
         source = str(path)
-    _replace_head(model, spec.head, num_classes)
+    replace_head(model, spec.head, num_classes)
     if in_chans != 3:
         _adapt_first_conv(model, in_chans)
     return BuiltModel(model, (spec.head,), source)

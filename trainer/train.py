@@ -24,6 +24,7 @@ from imgcls.errors import ConfigError, DataError
 from imgcls.manifest import BaselineCheck, PreprocessSpec
 from imgcls.preprocess import eval_transform
 from trainer.baselines import check_against_baselines
+from trainer.calibrate import calibrate
 from trainer.checkpoint import Progress, load_training_state
 from trainer.config import RunConfig
 from trainer.data import DataSource, discover, scan_images
@@ -329,6 +330,7 @@ def _test_and_report(
     model.load_state_dict(best["model"])
     logits, labels = predict(model, loaders.test, device, precision)
     test = classification_metrics(logits, labels, class_names)
+    calibration = calibrate(*predict(model, loaders.val, device, precision), logits, labels)
     steps = len(loaders.train) * len(progress.history)
     baseline_check = check_against_baselines(
         logits.argmax(axis=1),
@@ -340,7 +342,7 @@ def _test_and_report(
     seconds = time.perf_counter() - started
     metric_name = config.train.early_stopping_metric
     scalars = _write_test_report(
-        run, test, class_names, progress, metric_name, seconds, device, precision, baseline_check
+        run, test, class_names, progress, metric_name, seconds, device, precision, baseline_check, calibration
     )
     log.info(
         "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %s weights, %.1fs)",
@@ -351,6 +353,17 @@ def _test_and_report(
         progress.best_weights,
         seconds,
     )
+    if calibration["temperature"] is None:
+        log.info(
+            "calibration: no temperature fitted (%s); scores stay softmax(logits)", calibration["skipped"]
+        )
+    else:
+        log.info(
+            "calibration: temperature %.3f fitted on validation; test ECE %.4f -> %.4f",
+            calibration["temperature"],
+            calibration["test_ece_before"],
+            calibration["test_ece_after"],
+        )
     if baseline_check.warning:
         log.warning("WARNING: %s (recorded in %s)", baseline_check.warning, run.metrics_json)
     return TrainResult(run.path, scalars, progress.best_epoch, seconds, baseline_check)
@@ -366,6 +379,7 @@ def _write_test_report(
     device: torch.device,
     precision: MixedPrecision,
     baseline_check: BaselineCheck,
+    calibration: dict,
 ) -> dict[str, float]:
     scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
     summary = {
@@ -380,6 +394,7 @@ def _write_test_report(
         "device": str(device),
         "precision": precision.name,
         "baseline_check": baseline_check.model_dump(mode="json"),
+        "calibration": calibration,
         "warnings": [baseline_check.warning] if baseline_check.warning else [],
     }
     run.metrics_json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

@@ -22,13 +22,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Runtime(ABC):
-    """``infer(float32 [N, C, H, W]) -> float32 [N, classes]`` probabilities."""
+    """``infer(float32 [N, C, H, W]) -> float32 [N, classes]`` probabilities, temperature-scaled."""
 
     name: RuntimeName
     device: str
     precision: str
     max_batch_size: int | None = None  # the largest batch it accepts (a TensorRT engine's max shape)
     accepts_device_tensors: bool = False  # infer_tensor takes a batch on its device without a host copy
+    # The bundle's calibration: probabilities are softmax(logits / temperature) (choose_runtime sets it).
+    temperature: float = 1.0
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray: ...

@@ -132,6 +132,7 @@ def choose_runtime(
                 exc,
             )
             continue
+        runtime.temperature = manifest.temperature or 1.0
         return runtime
     raise RuntimeUnavailableError(
         f"no runtime can serve {manifest.name} v{manifest.version} on {device}: " + "; ".join(reasons)

@@ -44,4 +44,4 @@ class OnnxRuntime(Runtime):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         logits = self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return softmax(logits)
+        return softmax(logits if self.temperature == 1.0 else logits / np.float32(self.temperature))

@@ -116,8 +116,11 @@ class TorchScriptRuntime(Runtime):
             inputs = inputs.half()
         if self._autocast:
             with torch.autocast("cuda", dtype=torch.float16):
-                return self._module(inputs)
-        return self._module(inputs)
+                logits = self._module(inputs)
+        else:
+            logits = self._module(inputs)
+        # every path (host, pinned staging, device tensors) takes its softmax of what this returns
+        return logits if self.temperature == 1.0 else logits.float() / self.temperature
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -58,7 +58,9 @@ def test_served_predictions_equal_the_runtime_run_directly(client, tiny_bundle):
     images = [class_image(label, 300 + i) for i, label in enumerate((0, 1, 2, 1, 0))]
     body = client.post("/v1/models/tiny:predict", json=_instances(*images)).json()
     preprocess = Preprocessor(load_manifest(bundle).preprocess)
-    expected = OnnxRuntime(bundle / "model.onnx").infer(np.stack([preprocess(i) for i in images]))
+    runtime = OnnxRuntime(bundle / "model.onnx")
+    runtime.temperature = load_manifest(bundle).temperature or 1.0  # as the service sets it
+    expected = runtime.infer(np.stack([preprocess(i) for i in images]))
     assert [p["index"] for p in body["predictions"]] == expected.argmax(1).tolist()
     np.testing.assert_allclose([p["score"] for p in body["predictions"]], expected.max(1), atol=1e-6)
 

@@ -69,10 +69,10 @@ def test_service_top1_equals_the_trainer_in_process_prediction(tiny_bundle):
     preprocess = Preprocessor(manifest.preprocess)
     runtime = choose_runtime(manifest, bundle, device="cpu")
     served = runtime.infer(np.stack([preprocess(s.path.read_bytes()) for s in samples]))
+    temperature = manifest.temperature or 1.0  # the service serves calibrated scores
     with torch.inference_mode():
-        trained = (
-            model(torch.stack([transform(load_image(s.path, "RGB")) for s in samples])).softmax(1).numpy()
-        )
+        logits = model(torch.stack([transform(load_image(s.path, "RGB")) for s in samples]))
+        trained = (logits / temperature).softmax(1).numpy()
     np.testing.assert_array_equal(served.argmax(1), trained.argmax(1))
     np.testing.assert_allclose(served, trained, atol=1e-4)
 

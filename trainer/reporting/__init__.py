@@ -1,0 +1,1 @@
+"""The evaluation report: metrics with intervals, calibration, robustness, subgroups, comparison."""
