@@ -126,6 +126,15 @@ def build_torchvision(name: str, image_size: int, drop_rate: float) -> nn.Module
     return getattr(tvm, TORCHVISION_MODELS[name].builder)(**kwargs)
 
 
+def timm_size_kwargs(name: str, image_size: int) -> dict[str, int]:
+    """``img_size`` for a timm model built for one input size (ViTs, Swin: their position embeddings
+    and patch grid are sized at construction); nothing for the models that take any size."""
+    import timm
+
+    config = timm.models.get_pretrained_cfg(name)
+    return {"img_size": image_size} if config is not None and config.fixed_input_size else {}
+
+
 def build_architecture(
     name: str, num_classes: int, *, in_chans: int, image_size: int, drop_rate: float = 0.0
 ) -> nn.Module:
@@ -142,6 +151,7 @@ def build_architecture(
             num_classes=num_classes,
             in_chans=in_chans,
             drop_rate=drop_rate,
+            **timm_size_kwargs(name.removeprefix("timm:"), image_size),
         )
     spec = TORCHVISION_MODELS.get(name)
     if spec is None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from imgcls.architectures import ExplainTarget, explain_target
 from imgcls.errors import ImgclsError
+from imgcls.explain.gradcam import methods_for
 from imgcls.manifest import ExplainSpec, sha256_file
 
 __all__ = ["EXPLAIN_WEIGHTS_FILE", "probe_target", "write_explain_weights"]
@@ -75,4 +76,5 @@ def write_explain_weights(
         layout=target.layout,
         token_grid=target.grid,
         prefix_tokens=target.prefix_tokens,
+        methods=methods_for(target),
     )

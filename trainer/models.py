@@ -7,6 +7,7 @@ torch/timm caches only; nothing is downloaded.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from imgcls.architectures import (
     build_torchvision,
     replace_first_conv,
     replace_head,
+    timm_size_kwargs,
 )
 from imgcls.errors import ModelError, WeightsNotFoundError
 from trainer.optim import is_head
@@ -197,7 +199,9 @@ def create_model(
         return BuiltModel(model, head, source)
 
     if name.startswith("timm:"):
-        return _create_timm(name.removeprefix("timm:"), num_classes, in_chans, drop_rate, pretrained, weights)
+        return _create_timm(
+            name.removeprefix("timm:"), num_classes, in_chans, image_size, drop_rate, pretrained, weights
+        )
 
     spec = _TORCHVISION.get(name)
     if spec is None:
@@ -225,7 +229,13 @@ def create_model(
 
 
 def _create_timm(
-    name: str, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, weights: Path | None
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    drop_rate: float,
+    pretrained: bool,
+    weights: Path | None,
 ) -> BuiltModel:
     import timm
 
@@ -234,7 +244,12 @@ def _create_timm(
             f"unknown timm model {name!r}; list them with python -c 'import timm; print(timm.list_models())'"
         )
     model = timm.create_model(
-        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+        name,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        **timm_size_kwargs(name, image_size),
     )
     classifier = model.pretrained_cfg.get("classifier") or "head"
     head = tuple(classifier) if isinstance(classifier, list | tuple) else (classifier,)
@@ -247,6 +262,12 @@ def _create_timm(
                 f"{_hf_cache_dir()}, torch: {Path(torch.hub.get_dir()) / 'checkpoints'}) and nothing is "
                 "downloaded; pass model.weights=PATH to a local file, or set model.pretrained=false"
             )
-        _load_backbone_weights(model, read_state_dict(Path(path)), head, str(path))
+        state = read_state_dict(Path(path))
+        # timm's own checkpoint conversion for the family, as its pretrained loading applies it: among
+        # others it resamples a ViT's position embeddings to this model's patch grid
+        convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if convert is not None:
+            state = convert(state, model)
+        _load_backbone_weights(model, state, head, str(path))
         source = str(path)
     return BuiltModel(model, head, source)

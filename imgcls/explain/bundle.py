@@ -66,10 +66,13 @@ def load_explainer(bundle_dir: Path, manifest: Manifest | None = None, *, device
             "re-export the bundle"
         ) from None
     target = ExplainTarget(spec.target_layer, spec.layout, spec.token_grid, spec.prefix_tokens)
-    return Explainer(
+    explainer = Explainer(
         model.to(device).eval(),
         target,
         labels=manifest.labels,
         preprocess=manifest.preprocess,
         temperature=manifest.temperature,
     )
+    # what the model supports and the bundle was exported with (older bundles list only gradcam)
+    explainer.methods = tuple(m for m in explainer.methods if m in spec.methods)
+    return explainer

@@ -37,7 +37,14 @@ def explain(
         str | None,
         typer.Option(help="Explain this class for every image (default: each image's prediction)."),
     ] = None,
-    method: Annotated[str, typer.Option(help="Explanation method: gradcam.")] = "gradcam",
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Explanation method: gradcam (every model) or rollout (gradient-weighted attention "
+            "rollout, vision transformers only). Default: rollout for a vision transformer, else gradcam.",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images explained together.")] = 16,
 ) -> None:
     """Explain predictions: per image, write NAME.METHOD.png (the map over the image) and NAME.METHOD.npy
@@ -45,13 +52,19 @@ def explain(
     prediction beside each."""
     from PIL import UnidentifiedImageError
 
-    from imgcls.errors import DataError, ImgclsError
-    from imgcls.explain.bundle import load_explainer
+    from imgcls.errors import DataError
+    from imgcls.explain.bundle import ExplainUnavailableError, load_explainer
     from imgcls.explain.gradcam import METHODS
 
-    if method not in METHODS:
-        raise ImgclsError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if method is not None and method not in METHODS:
+        raise ExplainUnavailableError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     explainer = load_explainer(bundle)
+    method = method or explainer.default_method
+    if method not in explainer.methods:
+        raise ExplainUnavailableError(
+            f"--method {method!r}: this bundle's model explains with {', '.join(explainer.methods)} "
+            "(rollout needs a vision transformer)"
+        )
     labels = explainer.labels
     wanted: int | None = None
     if label is not None:
@@ -75,7 +88,7 @@ def explain(
         except (UnidentifiedImageError, OSError, ValueError, RuntimeError) as exc:
             raise DataError(f"{path}: not a readable image ({exc})".splitlines()[0]) from None
     out.mkdir(parents=True, exist_ok=True)
-    explanations = explainer.explain(decoded, [wanted] * len(decoded), batch_size=batch_size)
+    explanations = explainer.explain(decoded, [wanted] * len(decoded), method=method, batch_size=batch_size)
     from PIL import Image
 
     for path, stem, result in zip(images, _output_stems(images), explanations, strict=True):

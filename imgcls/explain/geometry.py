@@ -38,9 +38,17 @@ def crop_geometry(height: int, width: int, spec: PreprocessSpec) -> CropGeometry
     short, long = (height, width) if height <= width else (width, height)
     new_short, new_long = spec.resize, int(spec.resize * long / short)
     resized_height, resized_width = (new_short, new_long) if height <= width else (new_long, new_short)
-    top = round((resized_height - spec.crop_height) / 2.0)
-    left = round((resized_width - spec.crop_width) / 2.0)
+    top = _crop_start(resized_height, spec.crop_height)
+    left = _crop_start(resized_width, spec.crop_width)
     return CropGeometry(resized_height, resized_width, top, left, spec.crop_height, spec.crop_width)
+
+
+def _crop_start(resized: int, crop: int) -> int:
+    # torchvision pads a crop larger than the image by (crop - resized) // 2 before it (the odd
+    # pixel after), and otherwise rounds the offset of a smaller crop
+    if crop > resized:
+        return -((crop - resized) // 2)
+    return round((resized - crop) / 2.0)
 
 
 def to_original(crop_map: np.ndarray, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Grad-CAM (Selvaraju et al., 2017) with pytorch-grad-cam, on an eager model and its target layer.
+"""Grad-CAM (Selvaraju et al., 2017) with pytorch-grad-cam, on an eager model and its target layer;
+and, for ViTs, gradient-weighted attention rollout (``imgcls.explain.rollout``).
 
 The library does the method; what is ours is the glue: the layer per architecture
 (:func:`imgcls.architectures.explain_target`), turning a ViT's tokens into a grid, running on the
@@ -21,9 +22,16 @@ from imgcls.explain.geometry import to_original
 from imgcls.manifest import PreprocessSpec
 from imgcls.preprocess import eval_transform
 
-__all__ = ["METHODS", "Explainer", "Explanation"]
+__all__ = ["METHODS", "Explainer", "Explanation", "methods_for"]
 
-METHODS = ("gradcam",)
+METHODS = ("gradcam", "rollout")
+
+
+def methods_for(target: ExplainTarget) -> tuple[str, ...]:
+    """The methods a model with this target supports, the recommended one first: for a ViT the
+    gradient-weighted rollout, which passes the pointing game where Grad-CAM on its tokens does not
+    (docs/explanations.md has the figures)."""
+    return ("rollout", "gradcam") if target.layout == "tokens" else ("gradcam",)
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class Explanation:
     probability: float  # of the predicted class, temperature-scaled when the bundle has a temperature
     explained_index: int  # the class the map explains: the predicted one unless asked otherwise
     explained_label: str
+    method: str
     probabilities: np.ndarray  # [classes]
     crop_map: np.ndarray  # [crop_height, crop_width] in [0, 1]: on what the model saw
     heatmap: np.ndarray  # [height, width] of the original image, in [0, 1]; 0 where the crop cut
@@ -74,22 +83,46 @@ class Explainer:
         self._transform = eval_transform(preprocess)
         self._layer = model.get_submodule(target.layer)
         self._reshape = tokens_to_grid(target)
+        self.methods = methods_for(target)  # the default first
 
     def crop_maps(
-        self, batch: torch.Tensor, classes: Sequence[int] | None = None
+        self, batch: torch.Tensor, classes: Sequence[int] | None = None, *, method: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Grad-CAM maps on the input crop ([N, crop_h, crop_w], [0, 1]) and the logits ([N, classes])
-        for a preprocessed ``batch``; ``classes`` picks the class explained per image (default: the
-        predicted one)."""
+        """Maps on the input crop ([N, crop_h, crop_w], [0, 1]) and the logits ([N, classes]) for a
+        preprocessed ``batch``; ``classes`` picks the class explained per image (default: the
+        predicted one); ``method`` defaults to the model's recommended one."""
+        method = method or self.default_method
+        if method not in self.methods:
+            raise ValueError(f"method {method!r}: this model supports {', '.join(self.methods)}")
+        device = next(self.model.parameters()).device
+        if method == "rollout":
+            from imgcls.explain.rollout import rollout_maps
+
+            maps, logits = rollout_maps(
+                self.model, self.target, batch.to(device), None if classes is None else list(classes)
+            )
+            return maps.cpu().numpy().astype(np.float32), logits.float().cpu().numpy()
+
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        device = next(self.model.parameters()).device
         targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]
-        with torch.enable_grad(), GradCAM(self.model, [self._layer], reshape_transform=self._reshape) as cam:
-            maps = cam(input_tensor=batch.to(device), targets=targets)
-            logits = cam.outputs.detach().float().cpu().numpy()
+        try:
+            with (
+                torch.enable_grad(),
+                GradCAM(self.model, [self._layer], reshape_transform=self._reshape) as cam,
+            ):
+                maps = cam(input_tensor=batch.to(device), targets=targets)
+                logits = cam.outputs.detach().float().cpu().numpy()
+        finally:
+            # the library's backward also fills every parameter's .grad: a model-sized buffer that
+            # would outlive the call (and keep accumulating) for nothing
+            self.model.zero_grad(set_to_none=True)
         return np.clip(maps.astype(np.float32), 0.0, 1.0), logits
+
+    @property
+    def default_method(self) -> str:
+        return self.methods[0]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         scaled = logits.astype(np.float64) / (self.temperature or 1.0)
@@ -101,10 +134,13 @@ class Explainer:
         images: Sequence[torch.Tensor],
         classes: Sequence[int | None] | None = None,
         *,
+        method: str | None = None,
         batch_size: int = 16,
     ) -> list[Explanation]:
-        """Explain decoded uint8 ``[C, H, W]`` images (``imgcls.preprocess.load_image``); ``classes``
-        gives the class to explain per image, None for its prediction."""
+        """Explain decoded uint8 ``[C, H, W]`` images (``imgcls.preprocess.load_image``) with ``method``
+        (one of ``self.methods``; default the first); ``classes`` gives the class to explain per image,
+        None for its prediction."""
+        method = method or self.default_method
         wanted = list(classes) if classes is not None else [None] * len(images)
         if len(wanted) != len(images):
             raise ValueError(f"{len(images)} images but {len(wanted)} classes")
@@ -120,7 +156,7 @@ class Explainer:
                 p if c is None else c
                 for p, c in zip(predicted, wanted[start : start + len(chunk)], strict=True)
             ]
-            maps, _ = self.crop_maps(batch, explained)
+            maps, _ = self.crop_maps(batch, explained, method=method)
             probabilities = self.probabilities(logits)
             for image, p, c, crop_map, probs in zip(
                 chunk, predicted, explained, maps, probabilities, strict=True
@@ -133,6 +169,7 @@ class Explainer:
                         probability=float(probs[int(p)]),
                         explained_index=int(c),
                         explained_label=self.labels[int(c)],
+                        method=method,
                         probabilities=probs,
                         crop_map=crop_map,
                         heatmap=to_original(crop_map, int(height), int(width), self.preprocess),

@@ -103,3 +103,53 @@ def test_changed_weights_file_and_unreadable_image_are_refused(random_bundle, tm
     broken.write_bytes(b"not an image")
     assert main(["explain", "--bundle", str(random_bundle), str(broken), "--out", str(tmp_path / "o")]) == 2
     assert "broken.png: not a readable image" in capsys.readouterr().err
+
+
+def test_rollout_is_refused_for_a_cnn_bundle_with_the_methods_it_has(random_bundle, tmp_path, capsys):
+    image = _image(tmp_path / "a.png", (32, 32), 6)
+
+    code = main(
+        ["explain", "--bundle", str(random_bundle), str(image), "--out", str(tmp_path), "--method", "rollout"]
+    )
+
+    assert code == 2
+    assert "explains with gradcam (rollout needs a vision transformer)" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "explain",
+                "--bundle",
+                str(random_bundle),
+                str(image),
+                "--out",
+                str(tmp_path),
+                "--method",
+                "lime",
+            ]
+        )
+        == 2
+    )
+    assert "choose one of gradcam, rollout" in capsys.readouterr().err
+
+
+def test_a_vit_bundle_explains_with_rollout_by_default_and_with_gradcam_on_request(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from trainer.export import export_random_init
+
+    bundle = tmp_path / "models" / "vit" / "1"
+    export_random_init("timm:vit_tiny_patch16_224", 3, 32, bundle, formats=("onnx",))
+    assert json.loads((bundle / "manifest.json").read_text())["explain"]["methods"] == ["rollout", "gradcam"]
+    image = _image(tmp_path / "photo.png", (48, 40), 7)
+    out = tmp_path / "out"
+
+    assert main(["explain", "--bundle", str(bundle), str(image), "--out", str(out)]) == 0
+    assert (
+        main(["explain", "--bundle", str(bundle), str(image), "--out", str(out), "--method", "gradcam"]) == 0
+    )
+
+    printed = capsys.readouterr().out
+    assert "rollout for class_" in printed and "gradcam for class_" in printed
+    rollout, gradcam = np.load(out / "photo.rollout.npy"), np.load(out / "photo.gradcam.npy")
+    assert rollout.shape == gradcam.shape == (40, 48)
+    assert rollout.min() >= 0.0 and rollout.max() <= 1.0
+    assert (out / "photo.rollout.png").is_file() and (out / "photo.gradcam.png").is_file()

@@ -43,6 +43,24 @@ def _mask(shape: str, side: int) -> np.ndarray:
     return (yy > side * 0.08) & (np.abs(xx - side / 2) < (yy - side * 0.08) * 0.55)
 
 
+def _clutter(rng: np.random.Generator, size: int) -> np.ndarray:
+    """float [size, size, 3]: noise and six random lines of a shape's brightness."""
+    canvas = rng.normal(70, 25, (size, size, 3)).clip(0, 255)
+    for _ in range(6):
+        _line(canvas, rng, rng.uniform(150, 255, 3))
+    return canvas
+
+
+def make_clutter_images(count: int, *, size: int = 96, seed: int = 0) -> np.ndarray:
+    """uint8 [N, H, W, 3]: the same clutter with no shape, the "none of them" images a training set
+    can hold so that every shape class has to be recognised by the shape itself."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    for i in range(count):
+        images[i] = _clutter(rng, size).astype(np.uint8)
+    return images
+
+
 def make_shape_images(count: int, *, size: int = 96, shape_size: int = 32, seed: int = 0) -> ShapeImages:
     rng = np.random.default_rng(seed)
     images = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -50,9 +68,7 @@ def make_shape_images(count: int, *, size: int = 96, shape_size: int = 32, seed:
     boxes = np.empty((count, 4), dtype=int)
     masks = {shape: _mask(shape, shape_size) for shape in SHAPES}
     for i in range(count):
-        canvas = rng.normal(70, 25, (size, size, 3)).clip(0, 255)
-        for _ in range(6):
-            _line(canvas, rng, rng.uniform(150, 255, 3))
+        canvas = _clutter(rng, size)
         x0, y0 = rng.integers(0, size - shape_size + 1, 2)
         colour = rng.uniform(150, 255, 3)
         region = canvas[y0 : y0 + shape_size, x0 : x0 + shape_size]

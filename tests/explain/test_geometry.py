@@ -56,6 +56,41 @@ def test_crop_geometry_matches_torchvisions_resize_and_center_crop(height: int, 
         assert abs(y - resized_row * scale_y) <= 1.0, (row, col, y, resized_row * scale_y)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "resize"),
+    [
+        (40, 40, 40),  # the 48 px wide crop pads 4 + 4 columns
+        (60, 40, 40),
+        (40, 60, 40),  # wide enough: no padding
+        (41, 41, 41),  # pads 3 before, 4 after
+        (61, 41, 41),
+    ],
+)
+def test_crop_geometry_matches_torchvision_where_a_non_square_crop_pads(
+    height: int, width: int, resize: int
+) -> None:
+    spec = PreprocessSpec(
+        resize=resize, crop_height=32, crop_width=48, interpolation="nearest", mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    geometry = crop_geometry(height, width, spec)
+    resized, _ = resize_and_crop(coordinate_image(height, width), spec)
+    assert tuple(resized.shape[-2:]) == (geometry.resized_height, geometry.resized_width)
+
+    # resized coordinates + 1, so that torchvision's zero padding stands out
+    rows, cols = torch.meshgrid(
+        torch.arange(geometry.resized_height) + 1, torch.arange(geometry.resized_width) + 1, indexing="ij"
+    )
+    cropped = v2.CenterCrop((spec.crop_height, spec.crop_width))(torch.stack([cols, rows]))
+
+    expected_cols = torch.arange(spec.crop_width) + geometry.left
+    expected_rows = torch.arange(spec.crop_height) + geometry.top
+    inside_cols = (expected_cols >= 0) & (expected_cols < geometry.resized_width)
+    inside_rows = (expected_rows >= 0) & (expected_rows < geometry.resized_height)
+    middle_row, middle_col = spec.crop_height // 2, spec.crop_width // 2
+    assert torch.equal(cropped[0, middle_row], torch.where(inside_cols, expected_cols + 1, 0))
+    assert torch.equal(cropped[1, :, middle_col], torch.where(inside_rows, expected_rows + 1, 0))
+
+
 def test_crop_geometry_of_a_landscape_image_cuts_its_sides() -> None:
     # 40x60 -> shorter side 37 -> 37x55; the 32x32 crop starts round(2.5) = 2 rows, round(11.5) = 12 columns in
     geometry = crop_geometry(40, 60, SPEC)

@@ -117,3 +117,19 @@ def test_checkpoints_without_batchnorm_step_counters_load(tmp_path: Path):
     torch.save(state, tmp_path / "old.pth")
     built = create_model("resnet18", num_classes=3, weights=tmp_path / "old.pth", image_size=32)
     torch.testing.assert_close(built.model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+
+
+def test_a_timm_vit_is_built_for_the_configured_size_and_its_224px_weights_resampled(tmp_path: Path):
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000)
+    path = tmp_path / "vit_tiny.pth"
+    torch.save(source.state_dict(), path)
+
+    built = create_model("timm:vit_tiny_patch16_224", num_classes=3, weights=path, image_size=64)
+
+    assert built.model.patch_embed.grid_size == (4, 4)
+    assert built.model.pos_embed.shape == (1, 1 + 16, 192)  # class token + 4x4 patches, from 14x14
+    torch.testing.assert_close(built.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(built.model.pos_embed[:, :1], source.pos_embed[:, :1])
+    assert built.model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)

@@ -1,4 +1,4 @@
-"""Pictures of the errors: the most confident mistakes with Grad-CAM for the predicted and the true
+"""Pictures of the errors: the most confident mistakes with their maps for the predicted and the true
 class side by side, and example thumbnails of the most confused pairs."""
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ def mistakes_gallery(
     *,
     count: int,
 ) -> list[dict]:
-    """One PNG per confident mistake in ``out_dir``: the image, Grad-CAM of the predicted class, and of
-    the true class. Returns the rows the page and metrics.json list."""
+    """One PNG per confident mistake in ``out_dir``: the image, the map of the predicted class, and of
+    the true class (Grad-CAM; for a ViT the gradient-weighted rollout, its default method). Returns the
+    rows the page and metrics.json list."""
     indices = most_confident_errors(probabilities, labels, count)
     if not indices:
         return []
@@ -97,6 +98,7 @@ def mistakes_gallery(
                 "true": class_names[true],
                 "predicted": class_names[predicted],
                 "confidence": round(float(probabilities[index, predicted]), 6),
+                "method": for_predicted.method,
                 "figure": f"{out_dir.name}/{name}",
             }
         )

@@ -137,8 +137,12 @@ def _mistakes(report: dict) -> str:
     rows = report["mistakes"]
     if not rows:
         return "<p>No mistakes on this split.</p>"
+    method = {"gradcam": "Grad-CAM", "rollout": "gradient-weighted attention rollout"}.get(
+        rows[0].get("method", "gradcam"), rows[0].get("method", "")
+    )
     parts = [
-        "<p>The most confident errors; each shows the image, Grad-CAM for the predicted class, and for the true class.</p>"
+        f"<p>The most confident errors; each shows the image, {_e(method)} for the predicted class, "
+        "and for the true class.</p>"
     ]
     for row in rows:
         caption = f"{row['path']}: true {row['true']}, predicted {row['predicted']} ({row['confidence']:.3f})"
