@@ -9,8 +9,8 @@
 #   docker run --rm --gpus all -v "$PWD/data:/work/data" -v "$PWD/runs:/work/runs" \
 #       -v "$PWD/models:/work/models" imgcls:0.1.0-gpu train --config configs/digits.yaml
 #
-# The CPU image installs only what serving needs (`pip install imgcls`: no timm, scikit-learn,
-# matplotlib or tensorboard); the GPU image has the whole command line (`imgcls[train]`), so it also
+# The CPU image installs only what serving needs (`pip install imgcls[explain]`: the service and
+# its explanations, no timm or tensorboard); the GPU image has the whole command line (`imgcls[train]`), so it also
 # trains and builds TensorRT engines on the GPU that will serve them.
 #
 # The model repository is mounted at /models (IMGCLS_MODEL_REPO). Every setting is an IMGCLS_*
@@ -29,7 +29,9 @@ COPY benchmarks ./benchmarks
 # The GPU image keeps NGC's own torch, torchvision and torch-tensorrt, so it installs pyproject's
 # dependencies and train extra minus torch and torchvision, and the tensorrt extra minus torch-tensorrt
 # (nvidia-modelopt, for INT8/FP8 engines): written out here from pyproject.toml, never copied by hand.
+# The CPU image adds the explain extra (Grad-CAM for :explain and the page) from its own list.
 RUN pip wheel --no-deps --wheel-dir /dist . \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['explain']))" > /dist/requirements-explain.txt \
     && python -c "import re, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = project['dependencies'] + project['optional-dependencies']['train']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] not in ('torch', 'torchvision')))" > /dist/requirements-not-torch.txt \
     && python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['tensorrt']; print('\n'.join(d for d in deps if re.split(r'[\s<>=!~;\[]', d)[0] != 'torch-tensorrt'))" > /dist/requirements-tensorrt.txt
 
@@ -39,10 +41,11 @@ FROM python:3.11-slim-bookworm AS cpu-build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-# `pip install imgcls`: the serving set only, after the CPU builds of the torch and torchvision pins.
+# `pip install imgcls[explain]`: the serving set and Grad-CAM for :explain and the page, after the
+# CPU builds of the torch and torchvision pins.
 RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
     pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
-    && pip install /dist/imgcls-*.whl \
+    && pip install /dist/imgcls-*.whl --requirement /dist/requirements-explain.txt \
     && imgcls --help >/dev/null
 
 # ---- cpu: the slim CPU image --------------------------------------------------------------------

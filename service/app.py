@@ -20,13 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import imgcls
 from imgcls.errors import describe_validation_errors
-from service import routes_health, routes_v1, routes_v2
+from service import routes_feedback, routes_health, routes_ui, routes_v1, routes_v2
 from service.auth import ApiKeyMiddleware, load_api_keys
 from service.errors import (
     ServiceError,
     error_response,
     service_error_response,
 )
+from service.feedback.gateway import FeedbackGateway
 from service.limits import BodyLimitMiddleware
 from service.logs import LifespanErrorLogging
 from service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
@@ -63,6 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         # Models load in the background so /healthz answers at once and /readyz reports progress.
         loading = asyncio.create_task(_load_then_freeze(registry), name="load-models")
+        # The feedback store opens beside them; down or not, it never holds up start-up or predictions.
+        feedback = (
+            FeedbackGateway(settings.feedback_url, max_bytes_per_model=settings.feedback_max_bytes_per_model)
+            if settings.feedback_enabled
+            else None
+        )
+        app.state.feedback = feedback
+        opening = asyncio.create_task(feedback.open(), name="open-feedback") if feedback else None
         try:
             yield
         finally:
@@ -70,6 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await registry.stop(drain=True)
+            if opening is not None:
+                await asyncio.gather(opening, return_exceptions=True)
+            if feedback is not None:
+                await feedback.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
@@ -105,7 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         if exc.reject_reason is not None:
             model, version = getattr(request.state, "model_labels", ("", ""))
-            metrics.rejected.labels(model, version, exc.reject_reason).inc()
+            counter = (
+                metrics.explain_rejected if getattr(request.state, "explaining", False) else metrics.rejected
+            )
+            counter.labels(model, version, exc.reject_reason).inc()
         return service_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -133,4 +149,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
+    app.include_router(routes_feedback.router)
+    app.include_router(routes_ui.router)
     return app

@@ -18,6 +18,8 @@ from service.errors import error_response
 __all__ = ["ApiKeyMiddleware", "load_api_keys"]
 
 HEALTH_PATHS = ("/healthz", "/readyz", "/v2/health/")
+# The page's own files carry no data: it loads without a key and asks for one when the API answers 401.
+PAGE_PATHS = frozenset({"/", "/ui", "/ui/", "/ui/app.js", "/ui/app.css"})
 
 
 def load_api_keys(keys: list[str], keys_file: Path | None) -> list[bytes]:
@@ -59,7 +61,7 @@ class ApiKeyMiddleware:
             return not self.protect_health
         if path == "/metrics":
             return not self.protect_metrics
-        return False
+        return path in PAGE_PATHS
 
     def _authorized(self, scope: Scope) -> bool:
         header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"")

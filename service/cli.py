@@ -1,4 +1,4 @@
-"""``imgcls serve|predict``: the service's commands.
+"""``imgcls serve|predict|feedback``: the service's commands.
 
 ``imgcls.cli`` puts them on the ``imgcls`` command line and turns errors into exit codes there.
 ``serve`` validates the settings and checks what can be checked before the server starts, so a
@@ -13,9 +13,12 @@ from typing import Annotated
 
 import typer
 
+from service.feedback import cli as feedback_cli
+
 __all__ = ["app"]
 
 app = typer.Typer()
+app.add_typer(feedback_cli.app)  # feedback list|export
 
 
 @app.command()

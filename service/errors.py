@@ -16,6 +16,7 @@ __all__ = [
     "InferenceFailedError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "NotExplainableError",
     "PayloadTooLargeError",
     "QueueFullError",
     "RuntimeUnavailableError",
@@ -89,6 +90,13 @@ class InferenceFailedError(ServiceError):
     """The runtime raised while computing a batch; every request in that batch gets this."""
 
     status = 500
+
+
+class NotExplainableError(ServiceError):
+    """This model version cannot be explained here: its bundle carries no eager weights, the server
+    lacks the ``explain`` extra, or explanations are switched off. Retrying cannot help (501)."""
+
+    status = 501
 
 
 class RuntimeUnavailableError(ImgclsError):

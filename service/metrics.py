@@ -63,6 +63,11 @@ class _LiveModelCollector:
             "max_queue_size: the most images accepted and not yet answered; beyond it requests get 503.",
             labels=["model", "version"],
         )
+        explain_depth = GaugeMetricFamily(
+            "imgcls_explain_queue_depth",
+            "Images accepted for explanation and not yet answered: waiting for an explain thread or computing.",
+            labels=["model", "version"],
+        )
         info = GaugeMetricFamily(
             "imgcls_model_info",
             "The runtime serving each model version (value 1).",
@@ -75,11 +80,14 @@ class _LiveModelCollector:
                 depth.add_metric(labels, float(worker.admission.pending))
                 decoding.add_metric(labels, float(worker.batcher.incoming_count))
                 capacity.add_metric(labels, float(worker.admission.max_queue_size))
+            explanations = getattr(worker, "explanations", None)
+            if explanations is not None and explanations.error is None:
+                explain_depth.add_metric(labels, float(explanations.admission.pending))
             if worker.runtime is not None:
                 info.add_metric(
                     [*labels, worker.runtime.name, worker.runtime.precision, worker.runtime.device], 1.0
                 )
-        yield from (depth, decoding, capacity, ready, info)
+        yield from (depth, decoding, capacity, ready, info, explain_depth)
 
 
 class _GpuCollector:
@@ -180,6 +188,31 @@ class ServiceMetrics:
         self.rejected = Counter(
             "imgcls_rejected", "Requests refused, by reason.", [*model, "reason"], registry=self.registry
         )
+        self.explain_duration = Histogram(
+            "imgcls_explain_duration_seconds",
+            "Per explanation request: the explainer's time on its thread (maps and the prediction).",
+            [*model, "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.explain_requests = Counter(
+            "imgcls_explain_requests",
+            "Explanation requests answered (KServe v1 :explain), by status code.",
+            [*model, "code"],
+            registry=self.registry,
+        )
+        self.explain_rejected = Counter(
+            "imgcls_explain_rejected",
+            "Explanation requests refused, by reason (queue_full, deadline, bad_input, ...).",
+            [*model, "reason"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "imgcls_feedback",
+            "Flags received, by result: stored, unavailable (store down: 503), full (cap: 507), rejected (bad input).",
+            [*model, "result"],
+            registry=self.registry,
+        )
         self.registry.register(_LiveModelCollector(workers))
         self.registry.register(_GpuCollector())
 
@@ -200,6 +233,9 @@ class ServiceMetrics:
 
     def computed(self, worker, seconds: float) -> None:
         self.inference_duration.labels(worker.name, str(worker.version)).observe(seconds)
+
+    def explained(self, worker, seconds: float, method: str) -> None:
+        self.explain_duration.labels(worker.name, str(worker.version), method).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

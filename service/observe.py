@@ -23,9 +23,12 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def protocol_of(path: str) -> str | None:
-    """``v1`` or ``v2`` for the prediction routes, None for everything else (health, metadata, metrics)."""
+    """``v1`` or ``v2`` for the prediction routes, ``explain`` for KServe v1's explain verb, None for
+    everything else (health, metadata, metrics, the page)."""
     if path.startswith("/v1/models/") and path.endswith(":predict"):
         return "v1"
+    if path.startswith("/v1/models/") and path.endswith(":explain"):
+        return "explain"
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         return "v2"
     return None
@@ -70,8 +73,11 @@ class RequestObserverMiddleware:
             self.metrics.inflight_count -= 1
             seconds = time.perf_counter() - started
             model, version = state.get("model_labels", ("", ""))
-            self.metrics.requests.labels(model, version, protocol, str(status)).inc()
-            self.metrics.request_duration.labels(model, version, protocol).observe(seconds)
+            if protocol == "explain":  # kept out of the prediction series the dashboards and alerts read
+                self.metrics.explain_requests.labels(model, version, str(status)).inc()
+            else:
+                self.metrics.requests.labels(model, version, protocol, str(status)).inc()
+                self.metrics.request_duration.labels(model, version, protocol).observe(seconds)
             queue_seconds = state.get("timings", {}).get("queue_seconds")
             log.info(
                 "%s %s %d",

@@ -33,7 +33,11 @@ class ModelRegistry:
     def _add(self, refs: list[BundleRef]) -> None:
         for ref in refs:
             worker = ModelWorker(
-                ref, self.settings.for_model(ref.name), self.decode_pool, self.settings.max_image_pixels
+                ref,
+                self.settings.for_model(ref.name),
+                self.decode_pool,
+                self.settings.max_image_pixels,
+                explain=self.settings.explain,
             )
             worker.observers.extend(self.observers)
             self.workers.setdefault(ref.name, {})[ref.version] = worker

@@ -19,6 +19,7 @@ from imgcls.formats import OLD_RUNTIME_NAMES, FormatName
 
 __all__ = [
     "BatchingSettings",
+    "ExplainSettings",
     "ModelOverrides",
     "ModelSettings",
     "Settings",
@@ -63,6 +64,19 @@ class BatchingSettings(BaseModel):
                 f"max_queue_size ({self.max_queue_size}) must be at least max_batch_size ({self.max_batch_size})"
             )
         return self
+
+
+class ExplainSettings(BaseModel):
+    """Explanations (``service.explaining``): apart from the batcher, with their own threads and queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True  # False: :explain answers 501 and no eager model is loaded
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 1  # explanations computed at once, per model version
+    threads: Annotated[int, Field(ge=1)] = 1  # torch threads per explanation on the CPU
+    # images accepted for explanation and not yet answered, per model version; beyond it 503
+    max_queue_size: Annotated[int, Field(ge=1)] = 16
+    timeout_ms: Annotated[float, Field(gt=0)] = 30_000  # from arrival to answer (504)
 
 
 class ModelOverrides(BaseModel):
@@ -146,6 +160,7 @@ class Settings(BaseSettings):
     intra_op_threads: Annotated[int, Field(ge=1)] | None = None
     decode_threads: Annotated[int, Field(ge=1)] = Field(default_factory=default_decode_threads)
     batching: BatchingSettings = BatchingSettings()
+    explain: ExplainSettings = ExplainSettings()
     models: dict[str, ModelOverrides] = {}
     max_images_per_request: Annotated[int, Field(ge=1)] = 64
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
@@ -164,8 +179,19 @@ class Settings(BaseSettings):
     shutdown_min_drain_s: Annotated[float, Field(ge=0)] = 1.0
     api_keys: list[str] = Field(default=[], repr=False)  # Bearer keys; empty (and no file): no auth
     api_keys_file: Path | None = None  # one key per line, e.g. a mounted Kubernetes Secret
+    # Flagged mistakes (service/feedback): embedded SQLite under feedback_dir unless feedback_db_url
+    # names another database (PostgreSQL for several replicas: postgresql://user:password@host/db)
+    feedback_enabled: bool = True
+    feedback_dir: Path = Path("feedback")
+    feedback_db_url: str | None = Field(default=None, repr=False)  # may carry a password
+    feedback_max_bytes_per_model: Annotated[int, Field(ge=1)] | None = 1024**3  # beyond it 507; None: no cap
     auth_health: bool = False  # also require a key for /healthz, /readyz, /v2/health/*
     auth_metrics: bool = False  # also require a key for /metrics
+
+    @property
+    def feedback_url(self) -> str:
+        """The feedback database: ``feedback_db_url``, or the SQLite file under ``feedback_dir``."""
+        return self.feedback_db_url or f"sqlite:///{self.feedback_dir.resolve() / 'feedback.db'}"
 
     def for_model(self, name: str) -> ModelSettings:
         overrides = self.models.get(name, ModelOverrides())

@@ -33,9 +33,10 @@ from service.batcher import BatchStats, DynamicBatcher
 from service.device_pipeline import DevicePipeline, StagedBatch, open_device_pipeline
 from service.device_preprocess import EncodedJpeg
 from service.errors import BadInputError, DeadlineExceededError, InferenceFailedError, ModelNotReadyError
+from service.explaining import Explanations
 from service.preprocess import Preprocessor
 from service.runtimes import Runtime, choose_runtime, warm_up
-from service.settings import ModelSettings
+from service.settings import ExplainSettings, ModelSettings
 
 __all__ = ["ModelWorker", "NonFiniteOutputError"]
 
@@ -59,7 +60,12 @@ class _RunningBatch:
 
 class ModelWorker:
     def __init__(
-        self, ref: BundleRef, settings: ModelSettings, decode_pool: ThreadPoolExecutor, max_image_pixels: int
+        self,
+        ref: BundleRef,
+        settings: ModelSettings,
+        decode_pool: ThreadPoolExecutor,
+        max_image_pixels: int,
+        explain: ExplainSettings | None = None,
     ):
         self.ref = ref
         self.settings = settings
@@ -79,8 +85,13 @@ class ModelWorker:
         self._device_preprocess: DevicePipeline | None = None
         # Observers (metrics): objects with batch(worker, BatchStats), and preprocessed(worker, seconds)
         # per image decoded on a decode thread, preprocessed_on_device(worker, seconds) per batch on the
-        # device thread and computed(worker, seconds) per batch on the inference thread.
+        # device thread, computed(worker, seconds) per batch on the inference thread and
+        # explained(worker, seconds, method) per explanation request on an explain thread.
         self.observers: list = []
+        self._max_image_pixels = max_image_pixels
+        self._explain_settings = explain or ExplainSettings()
+        # Made once the runtime has loaded (it decides the device); never part of the batcher.
+        self.explanations: Explanations | None = None
 
     @property
     def name(self) -> str:
@@ -183,6 +194,14 @@ class ModelWorker:
             wait_only_for_incoming=batching.wait_only_for_incoming,
         )
         self.batcher.start()
+        self.explanations = Explanations(
+            self.ref.path,
+            self.ref.manifest,
+            self._explain_settings,
+            device="cuda" if str(getattr(self.runtime, "device", "cpu")).startswith("cuda") else "cpu",
+            max_image_pixels=self._max_image_pixels,
+            observe=self._explained,
+        )
         self.state = "ready"
         log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
         warning = self.ref.manifest.quality_warning
@@ -211,6 +230,13 @@ class ModelWorker:
                 getattr(observer, event)(self, seconds)
             except Exception:
                 log.exception("%s v%d: %s observer failed", self.name, self.version, event)
+
+    def _explained(self, seconds: float, method: str) -> None:
+        for observer in self.observers:
+            try:
+                observer.explained(self, seconds, method)
+            except Exception:
+                log.exception("%s v%d: explained observer failed", self.name, self.version)
 
     def _computed(self, started: float) -> None:
         # Timed here, in the inference thread: the batcher's own clock would also count the hand-off
@@ -369,8 +395,16 @@ class ModelWorker:
     def default_timeout_s(self) -> float:
         return self.settings.batching.timeout_ms / 1000.0
 
+    def require_explanations(self) -> Explanations:
+        self.require_ready()
+        assert self.explanations is not None  # made before the worker reports ready
+        self.explanations.require_available()
+        return self.explanations
+
     async def stop(self, drain: bool = True) -> None:
         self.admission.close()
+        if self.explanations is not None:
+            await self.explanations.stop()
         if self.batcher is not None:
             await self.batcher.stop(drain=drain)
         if self.state in ("ready", "loading"):

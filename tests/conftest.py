@@ -17,6 +17,19 @@ import torch
 from PIL import Image
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feedback_store_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every server a test starts keeps its SQLite feedback store in a temporary folder, never in
+    ./feedback of the checkout (tests that test the store pass their own)."""
+    previous = os.environ.get("IMGCLS_FEEDBACK_DIR")
+    os.environ["IMGCLS_FEEDBACK_DIR"] = str(tmp_path_factory.mktemp("feedback-store"))
+    yield
+    if previous is None:
+        os.environ.pop("IMGCLS_FEEDBACK_DIR", None)
+    else:
+        os.environ["IMGCLS_FEEDBACK_DIR"] = previous
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none")
     try:

@@ -65,7 +65,9 @@ def _visible_files(folder: Path) -> list[Path]:
 
 
 def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # "." folders are hidden; "_" folders are set aside, not classes (imgcls feedback export writes the
+    # "none of these" flags to _unlabelled/)
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
 def _read_imagefolder(

@@ -56,3 +56,22 @@ def test_short_keys_and_unreadable_files_are_refused_at_start(tmp_path):
         load_api_keys(["short"], None)
     with pytest.raises(ConfigError, match="cannot read the API keys file"):
         load_api_keys([], tmp_path / "missing")
+
+
+def test_the_page_loads_without_a_key_but_explain_and_feedback_need_one(settings):
+    image = base64.b64encode(class_image(1)).decode()
+    with TestClient(create_app(settings.model_copy(update={"api_keys": [KEY]}))) as client:
+        wait_ready(client)
+        pages = [client.get(path).status_code for path in ("/", "/ui", "/ui/", "/ui/app.js", "/ui/app.css")]
+        explain = client.post("/v1/models/tiny:explain", json={"instances": [{"b64": image}]})
+        flag = client.post("/v1/models/tiny/feedback", json={"b64": image, "correct_label": None})
+        listing = client.get("/v1/models")
+        keyed = client.post(
+            "/v1/models/tiny/feedback",
+            json={"b64": image, "correct_label": None},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+
+    assert pages == [200] * 5
+    assert (explain.status_code, flag.status_code, listing.status_code) == (401, 401, 401)
+    assert keyed.status_code == 201

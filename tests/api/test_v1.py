@@ -30,7 +30,14 @@ def test_models_are_listed_and_described(client):
     assert client.get("/v1/models/tiny").json() == {
         "name": "tiny",
         "ready": True,
-        "versions": [{"version": "1", "ready": True}],
+        "versions": [
+            {
+                "version": "1",
+                "ready": True,
+                "labels": ["class_0", "class_1", "class_2"],
+                "explain": {"available": True, "methods": ["gradcam"], "state": "idle"},
+            }
+        ],
     }
 
 

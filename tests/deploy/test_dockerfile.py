@@ -151,10 +151,16 @@ def test_the_gpu_images_dependency_lists_are_pyprojects_minus_what_ngc_ships(tmp
 
 
 def test_the_cpu_image_installs_only_what_serving_needs():
-    """`pip install imgcls` without extras: no timm, scikit-learn, matplotlib or tensorboard."""
+    """`pip install imgcls[explain]`: the service and its explanations; no timm or tensorboard."""
     runs = " ".join(rest for k, rest in _stages()["cpu-build"][1] if k == "RUN")
     installs = re.findall(r"pip install [^&]*?(/dist/imgcls-\S+)", runs)
     assert installs == ["/dist/imgcls-*.whl"], runs
+    assert "--requirement /dist/requirements-explain.txt" in runs
+    wheel_runs = " ".join(rest for k, rest in _stages()["wheel"][1] if k == "RUN")
+    assert (
+        "['optional-dependencies']['explain']" in wheel_runs
+        and "> /dist/requirements-explain.txt" in wheel_runs
+    )
     train = {re.split(r"[\s<>=!~;\[]", d)[0] for d in PYPROJECT["project"]["optional-dependencies"]["train"]}
     assert {"timm", "scikit-learn", "matplotlib", "tensorboard"} <= train
     assert not train & {re.split(r"[\s<>=!~;\[]", d)[0] for d in PYPROJECT["project"]["dependencies"]}
