@@ -123,6 +123,20 @@ def main() -> int:
         upload = predict_files(url, name, [path], version=version, multipart=True)
         print(f"  {path.name}  true {truth}  predicted {upload['predictions'][0]['label']}")
 
+        step("why, over HTTP: :explain answers the prediction with its Grad-CAM map")
+        import base64
+
+        import httpx
+
+        body = {"instances": [{"b64": base64.b64encode(path.read_bytes()).decode()}]}
+        explained = httpx.post(f"{url}/v1/models/{name}/versions/{version}:explain", json=body, timeout=60)
+        explained.raise_for_status()
+        first = explained.json()["explanations"][0]
+        print(
+            f"  {path.name}  true {truth}  predicted {first['label']} ({first['score']:.3f}); "
+            f"{first['method']} map {first['map_shape'][1]}x{first['map_shape'][0]} px as PNG, with an overlay"
+        )
+
         step("why: Grad-CAM for three held-back images (imgcls explain)")
         subprocess.run(
             [
@@ -137,7 +151,8 @@ def main() -> int:
             check=True,
         )
         print(
-            f"\ndone: run {run_dir.relative_to(ROOT)}, bundle {bundle_dir.relative_to(ROOT)}; `make serve` keeps it running"
+            f"\ndone: run {run_dir.relative_to(ROOT)}, bundle {bundle_dir.relative_to(ROOT)}"
+            f"\ntry it in a browser: `make serve`, then open http://127.0.0.1:8000/"
             f"\nthe evaluation report: {report.relative_to(ROOT)} (open it in a browser; no network needed)"
         )
     finally:

@@ -74,6 +74,9 @@ class ExplainSettings(BaseModel):
     enabled: bool = True  # False: :explain answers 501 and no eager model is loaded
     concurrency: Annotated[int, Field(ge=1, le=64)] = 1  # explanations computed at once, per model version
     threads: Annotated[int, Field(ge=1)] = 1  # torch threads per explanation on the CPU
+    # How much nicer (Linux) the explain threads are than the server: on a busy CPU predictions come
+    # first and explanations take what is left (0: equal footing). Without effect where the OS has none.
+    nice: Annotated[int, Field(ge=0, le=19)] = 19
     # images accepted for explanation and not yet answered, per model version; beyond it 503
     max_queue_size: Annotated[int, Field(ge=1)] = 16
     timeout_ms: Annotated[float, Field(gt=0)] = 30_000  # from arrival to answer (504)

@@ -179,3 +179,22 @@ def test_nothing_of_a_request_stays_on_the_explainer_after_it_is_answered(client
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in modules)
     assert all(p.grad is None for p in explainer.model.parameters())
     assert worker.explanations.admission.pending == 0
+
+
+@pytest.mark.cuda
+def test_on_cuda_the_explainer_runs_on_the_gpu_and_answers_like_the_cpu(client, settings: Settings):
+    image = _b64(class_image(1, 209))
+    on_cpu = client.post("/v1/models/tiny:explain", json={"instances": [image]}).json()["explanations"][0]
+
+    with TestClient(
+        create_app(settings.model_copy(update={"device": "cuda", "runtime": "torchscript"}))
+    ) as gpu:
+        wait_ready(gpu)
+        on_gpu = gpu.post("/v1/models/tiny:explain", json={"instances": [image]}).json()["explanations"][0]
+        explainer = gpu.app.state.registry.get("tiny").explanations._explainers.get()
+
+    assert next(explainer.model.parameters()).is_cuda
+    assert on_gpu["label"] == on_cpu["label"] and on_gpu["map_shape"] == on_cpu["map_shape"]
+    cpu_map = np.asarray(_png(on_cpu["map_png"]), dtype=float)
+    gpu_map = np.asarray(_png(on_gpu["map_png"]), dtype=float)
+    assert np.abs(cpu_map - gpu_map).max() <= 3  # of 255: float differences between the devices

@@ -100,7 +100,7 @@ API_KEY = "deploy-test-key-0123456789abcdef"
 def live(rendered, tiny_bundle, tmp_path_factory: pytest.TempPathFactory):
     """The cpu overlay's server: its ConfigMap as the environment (API keys file, metrics port and all),
     with only what cannot hold outside a pod replaced: the listen address, free ports, the model
-    repository and the keys file's location. Yields (serving URL, metrics URL)."""
+    repository, the keys file's location and the feedback folder. Yields (serving URL, metrics URL)."""
     from service.settings import Settings
 
     bundle, _ = tiny_bundle
@@ -117,6 +117,7 @@ def live(rendered, tiny_bundle, tmp_path_factory: pytest.TempPathFactory):
             metrics_port=metrics_port,
             model_repo=root / "models",
             api_keys_file=root / "keys",
+            feedback_dir=root / "feedback",
         )
     assert settings.api_keys_file is not None and settings.metrics_port is not None
     with serve_in_thread(settings) as url:

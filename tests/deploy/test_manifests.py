@@ -29,6 +29,7 @@ CUSTOM = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
 }
 
 
@@ -221,3 +222,37 @@ def test_the_models_loader_fills_the_claim_the_server_reads_as_the_servers_user(
     assert models["mountPath"] == config_env(docs)["IMGCLS_MODEL_REPO"] and not models.get("readOnly")
     context = container["securityContext"]
     assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+
+
+def _env(container: dict, name: str) -> dict:
+    return next(e for e in container["env"] if e["name"] == name)
+
+
+@pytest.mark.parametrize("kustomization", DEPLOYABLE)
+def test_feedback_goes_to_sqlite_on_the_models_volume_unless_a_database_secret_exists(
+    rendered, kustomization
+):
+    docs = rendered[kustomization]
+    container = server_container(docs)
+    source = _env(container, "IMGCLS_FEEDBACK_DB_URL")["valueFrom"]["secretKeyRef"]
+    assert source == {"name": "imgcls-feedback-db", "key": "url", "optional": True}
+    folder = config_env(docs)["IMGCLS_FEEDBACK_DIR"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == folder)
+    models = next(
+        m for m in container["volumeMounts"] if m["mountPath"] == config_env(docs)["IMGCLS_MODEL_REPO"]
+    )
+    assert mount["name"] == models["name"] and not mount.get("readOnly") and models["readOnly"] is True
+    assert mount["subPath"].startswith(".")  # the model repository skips dot-folders
+    assert f"mkdir -p /models/{mount['subPath']}" in " ".join(LOADER["spec"]["containers"][0]["command"])
+
+
+def test_the_postgresql_example_runs_a_cloudnativepg_cluster_and_reads_its_app_secret(rendered):
+    docs = rendered["examples/feedback-postgresql"]
+    cluster = find(docs, "Cluster", "imgcls-feedback")
+    assert cluster["metadata"]["namespace"] == find(docs, "Namespace")["metadata"]["name"]
+    spec = cluster["spec"]
+    assert spec["instances"] >= 2 and spec["storage"]["size"]  # the operator requires storage
+    assert spec["bootstrap"]["initdb"]["database"] and spec["bootstrap"]["initdb"]["owner"]
+    source = _env(server_container(docs), "IMGCLS_FEEDBACK_DB_URL")["valueFrom"]["secretKeyRef"]
+    # CloudNativePG writes the owner's credentials to <cluster>-app, a libpq URI under "uri"
+    assert source == {"name": "imgcls-feedback-app", "key": "uri", "optional": False}

@@ -205,3 +205,25 @@ def test_a_failed_load_makes_every_later_request_501(manifest, monkeypatch):
         await service.stop()
 
     asyncio.run(scenario())
+
+
+def test_explain_threads_run_at_the_configured_niceness(manifest, monkeypatch):
+    import os
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priorities on this OS")
+    release = threading.Event()
+    release.set()
+    service, _ = explanations(manifest, monkeypatch, release, nice=7)
+
+    async def scenario() -> int:
+        try:
+            await service.explain([IMAGE], label_index=None, method="gradcam")
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                service._executor, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            )
+        finally:
+            await service.stop()
+
+    assert asyncio.run(scenario()) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
