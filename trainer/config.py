@@ -127,6 +127,12 @@ class OptimConfig(_Section):
     step_epochs: int = Field(default=10, ge=1)  # step: multiply lr by step_gamma every step_epochs
     step_gamma: float = Field(default=0.1, gt=0.0, le=1.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Imbalanced classes (trainer/losses.py, docs/training.md): the loss, and per-class weights from
+    # the training split's counts (inverse frequency, or Cui et al.'s effective number of samples)
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    focal_gamma: float = Field(default=2.0, ge=0.0)  # focal only; 0 is cross-entropy
+    class_weights: Literal["none", "inverse_frequency", "effective_number"] = "none"
+    effective_number_beta: float = Field(default=0.999, gt=0.0, lt=1.0)
     grad_clip_norm: float | None = Field(default=None, gt=0.0)  # None: no clipping
 
 
@@ -139,7 +145,10 @@ class TrainConfig(_Section):
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # CUDA only; auto: bf16 where supported
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
     ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)  # e.g. 0.999; validate and export the EMA
-    early_stopping_metric: Literal["accuracy", "loss", "f1_macro"] = "accuracy"  # on the validation split
+    # class_balanced: draw training images with probability 1/(their class's count), with replacement
+    sampler: Literal["shuffle", "class_balanced"] = "shuffle"
+    # on the validation split; balanced_accuracy (mean per-class recall) or f1_macro for imbalanced classes
+    early_stopping_metric: Literal["accuracy", "loss", "f1_macro", "balanced_accuracy"] = "accuracy"
     early_stopping_patience: int | None = Field(default=None, ge=1)  # None: train all epochs
     early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower on CUDA

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imgcls.preprocess import load_image
 from trainer.data import Sample
@@ -52,11 +52,13 @@ def make_loader(
     pin_memory: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,

@@ -114,8 +114,9 @@ def predict(
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, precision: MixedPrecision | None = None
 ) -> dict[str, float]:
-    """Loss, accuracy and macro F1 on ``loader`` (used on the validation split every epoch)."""
-    from sklearn.metrics import f1_score
+    """Loss, accuracy, balanced accuracy (mean per-class recall) and macro F1 on ``loader`` (used on
+    the validation split every epoch)."""
+    from sklearn.metrics import f1_score, recall_score
 
     logits, labels = predict(model, loader, device, precision)
     loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
@@ -124,4 +125,8 @@ def evaluate(
         "loss": loss,
         "accuracy": float((predictions == labels).mean()),
         "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        # over the classes present in the split (sklearn's balanced_accuracy_score, without its warning)
+        "balanced_accuracy": float(
+            recall_score(labels, predictions, average="macro", labels=np.unique(labels), zero_division=0)
+        ),
     }

@@ -39,9 +39,11 @@ _METRIC_COLUMNS = [
     "val_loss",
     "val_accuracy",
     "val_f1_macro",
+    "val_balanced_accuracy",
     "ema_val_loss",
     "ema_val_accuracy",
     "ema_val_f1_macro",
+    "ema_val_balanced_accuracy",
     "kept",
     "seconds",
 ]
@@ -147,8 +149,12 @@ def _train_and_validate(
         "val_loss": live_stats["loss"],
         "val_accuracy": live_stats["accuracy"],
         "val_f1_macro": live_stats["f1_macro"],
+        "val_balanced_accuracy": live_stats["balanced_accuracy"],
         **(
-            {f"ema_val_{key}": ema_stats[key] for key in ("loss", "accuracy", "f1_macro")}
+            {
+                f"ema_val_{key}": ema_stats[key]
+                for key in ("loss", "accuracy", "f1_macro", "balanced_accuracy")
+            }
             if ema_stats is not None
             else {}
         ),

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from imgcls.errors import ConfigError, DataError
 from imgcls.manifest import BaselineCheck, PreprocessSpec
@@ -32,6 +31,7 @@ from trainer.datasets import ImageDataset, make_loader
 from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision, predict
 from trainer.fit import Compute, Loaders, TrainingState, fit
+from trainer.losses import balanced_sampler, build_criterion, class_counts
 from trainer.models import BuiltModel, create_model
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.report import classification_metrics, plot_confusion_matrix, plot_curves, write_per_class_csv
@@ -77,7 +77,8 @@ def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = 
     built = _create_model(config, data)
     run = _open_run_dir(config, config_name, data, resume)
     loaders = _build_loaders(config, data, compute)
-    state = _build_training_state(config, built, len(data.class_names), loaders, compute, run, resume)
+    train_counts = class_counts([s.label for s in data.splits["train"]], len(data.class_names))
+    state = _build_training_state(config, built, train_counts, loaders, compute, run, resume)
     fit(config, state, loaders, compute, run)
     return _test_and_report(config, data, loaders, state, compute, run, started)
 
@@ -247,14 +248,21 @@ def _build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
     }
     pin = compute.device.type == "cuda"
     shuffle_generator = torch.Generator()
+    # class_balanced: the sampler draws from the same per-epoch generator, so --resume stays exact
+    sampler = (
+        balanced_sampler([s.label for s in splits["train"]], shuffle_generator)
+        if cfg_train.sampler == "class_balanced"
+        else None
+    )
     train_loader = make_loader(
         datasets["train"],
         cfg_train.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
         num_workers=config.data.num_workers,
         pin_memory=pin,
         generator=shuffle_generator,
         drop_last=len(datasets["train"]) > cfg_train.batch_size,
+        sampler=sampler,
     )
     # Each pass over a loader draws its workers' base seed from its generator. Evaluation gets its own,
     # so how often the run validates (the averaged weights too, with EMA) never shifts the random
@@ -279,7 +287,7 @@ def _build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
 def _build_training_state(
     config: RunConfig,
     built: BuiltModel,
-    num_classes: int,
+    train_counts: np.ndarray,
     loaders: Loaders,
     compute: Compute,
     run: RunDir,
@@ -298,7 +306,15 @@ def _build_training_state(
         model, config.optim, built.head_prefixes, cfg_model.backbone_lr_scale if fine_tuning else 1.0
     )
     scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(loaders.train))
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+    num_classes = len(train_counts)
+    criterion = build_criterion(
+        config.optim.loss,
+        counts=train_counts,
+        weighting=config.optim.class_weights,
+        beta=config.optim.effective_number_beta,
+        gamma=config.optim.focal_gamma,
+        label_smoothing=config.optim.label_smoothing,
+    ).to(compute.device)
     mixer = batch_mixer(config.augment, num_classes)
     ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None
 
