@@ -326,8 +326,10 @@ class ModelWorker:
             return list(await asyncio.gather(*decodes))
         finally:
             # A bad image, the deadline or the client gone: decodes not started are taken off the pool
-            # (never started); one already running cannot be stopped, and its result is dropped.
-            for future in decodes:
+            # (never started); one already running cannot be stopped, and its result is dropped. From
+            # the back: the pool hands out jobs in order, so a decode thread that skips a cancelled one
+            # only ever reaches jobs that are cancelled already.
+            for future in reversed(decodes):
                 future.cancel()
 
     @contextlib.asynccontextmanager

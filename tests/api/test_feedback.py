@@ -7,6 +7,7 @@ import base64
 import hashlib
 import re
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def flag_client(settings: Settings, store_dir: Path):
     configured = settings.model_copy(update={"feedback_dir": store_dir})
     with TestClient(create_app(configured)) as client:
         wait_ready(client)
+        # the store opens in the background; the tests read its tables directly
+        deadline = time.monotonic() + 30
+        while client.app.state.feedback._store is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         yield client
 
 
