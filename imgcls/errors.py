@@ -8,7 +8,7 @@ once, at the edge; the service maps them to HTTP statuses the same way (``servic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "QualityGateError",
     "WeightsNotFoundError",
     "describe_error",
+    "describe_labels",
     "describe_validation_errors",
     "dotted_location",
 ]
@@ -32,6 +33,11 @@ def describe_error(exc: BaseException) -> str:
     """``Type: message``, first line only: an unexpected exception (from torch, a runtime, a
     decoder) summed up for a log line or a user-facing message, without its traceback."""
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def describe_labels(labels: Sequence[str], limit: int = 20) -> str:
+    """A model's labels for a message that names the valid ones: the first ``limit``, then ``...``."""
+    return ", ".join(labels[:limit]) + (" ..." if len(labels) > limit else "")
 
 
 def dotted_location(loc: tuple[int | str, ...]) -> str:

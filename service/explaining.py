@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.errors import ImgclsError, describe_error
+from imgcls.errors import ImgclsError, describe_error, describe_labels
 from imgcls.manifest import Manifest
 from service.admission import Admission
 from service.errors import (
@@ -196,8 +196,9 @@ class Explanations:
             return None, method
         labels = self.manifest.labels
         if not isinstance(label, str) or label not in labels:
-            shown = ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "")
-            raise BadInputError(f"label {label!r} is not a class of this model; its classes: {shown}")
+            raise BadInputError(
+                f"label {label!r} is not a class of this model; its classes: {describe_labels(labels)}"
+            )
         return labels.index(label), method
 
     def _explain(self, images: Sequence[bytes], wanted: int | None, method: str) -> list[ExplainedImage]:

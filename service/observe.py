@@ -19,7 +19,7 @@ __all__ = ["RequestObserverMiddleware", "protocol_of"]
 
 log = logging.getLogger("imgcls.request")
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def protocol_of(path: str) -> str | None:
@@ -37,7 +37,7 @@ def protocol_of(path: str) -> str | None:
 def _request_id(scope: Scope) -> str:
     given = next((v for k, v in scope.get("headers", []) if k == b"x-request-id"), b"").decode("latin-1")
     # A caller's id is kept when it is a sane token; anything else (too long, odd characters) is replaced.
-    return given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 class RequestObserverMiddleware:

@@ -13,14 +13,15 @@ import binascii
 import io
 import json
 import math
-import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from imgcls.errors import describe_labels
 from service.errors import BadInputError, ServiceError, UnsupportedMediaTypeError
 from service.feedback.store import NewFeedback, StoreFullError, StoreUnavailableError
 from service.jsonlimits import load_json
+from service.observe import VALID_REQUEST_ID
 from service.preprocess import Preprocessor
 from service.routes_common import off_loop, parse_body, registry
 from service.v2_codec import decode_base64
@@ -30,7 +31,6 @@ __all__ = ["router"]
 router = APIRouter()
 
 MAX_NOTE_CHARS = 2000
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # what the service itself accepts as X-Request-ID
 _FIELDS = ("correct_label", "predicted_label", "scores", "note", "request_id")
 
 
@@ -99,8 +99,9 @@ def _label(value: object, field: str, labels: tuple[str, ...], *, allow_none: bo
     if value is None and allow_none:
         return None
     if not isinstance(value, str) or value not in labels:
-        shown = ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "")
-        raise BadInputError(f'"{field}" {value!r} is not a label of this model; its labels: {shown}')
+        raise BadInputError(
+            f'"{field}" {value!r} is not a label of this model; its labels: {describe_labels(labels)}'
+        )
     return value
 
 
@@ -152,19 +153,18 @@ async def _feedback(request: Request, name: str, version: int | None) -> JSONRes
         if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE_CHARS):
             raise BadInputError(f'"note" must be text of at most {MAX_NOTE_CHARS} characters')
         request_id = fields["request_id"]
-        if request_id is not None and (not isinstance(request_id, str) or not _REQUEST_ID.match(request_id)):
+        if request_id is not None and (
+            not isinstance(request_id, str) or not VALID_REQUEST_ID.match(request_id)
+        ):
             raise BadInputError('"request_id" must be the X-Request-ID the prediction answered with')
         correct_label = _label(fields["correct_label"], "correct_label", labels, allow_none=True)
         predicted_label = _label(fields["predicted_label"], "predicted_label", labels, allow_none=True)
         scores = _scores(fields["scores"], labels)
-        preprocessor = Preprocessor(
-            manifest.preprocess, max_image_pixels=request.app.state.settings.max_image_pixels
-        )
         flag = NewFeedback(
             model=worker.name,
             version=worker.version,
             image=image,
-            image_format=await off_loop(request, _checked_format, preprocessor, image),
+            image_format=await off_loop(request, _checked_format, worker.preprocessor, image),
             correct_label=correct_label,
             predicted_label=predicted_label,
             scores=scores,

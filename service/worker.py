@@ -102,6 +102,12 @@ class ModelWorker:
         return self.ref.version
 
     @property
+    def preprocessor(self) -> Preprocessor | None:
+        """The bundle's decoder and transform (None for a bundle that failed to verify): what checks an
+        image as a prediction would, for the routes that take images outside the batcher."""
+        return self._preprocess
+
+    @property
     def ready(self) -> bool:
         return self.state == "ready"
 
@@ -200,7 +206,7 @@ class ModelWorker:
             self._explain_settings,
             device="cuda" if str(getattr(self.runtime, "device", "cpu")).startswith("cuda") else "cpu",
             max_image_pixels=self._max_image_pixels,
-            observe=self._explained,
+            observe=partial(self._tell, "explained"),
         )
         self.state = "ready"
         log.info("%s v%d ready on %s", self.name, self.version, self.runtime.describe())
@@ -222,21 +228,14 @@ class ModelWorker:
             )
         return probabilities
 
-    def _tell(self, event: str, seconds: float) -> None:
-        """``observer.<event>(worker, seconds)`` for each observer, from a decode or inference thread;
-        an observer that fails (metrics) is logged and never fails the images."""
+    def _tell(self, event: str, *args: object) -> None:
+        """``observer.<event>(worker, *args)`` for each observer, from a decode, inference or explain
+        thread; an observer that fails (metrics) is logged and never fails the images."""
         for observer in self.observers:
             try:
-                getattr(observer, event)(self, seconds)
+                getattr(observer, event)(self, *args)
             except Exception:
                 log.exception("%s v%d: %s observer failed", self.name, self.version, event)
-
-    def _explained(self, seconds: float, method: str) -> None:
-        for observer in self.observers:
-            try:
-                observer.explained(self, seconds, method)
-            except Exception:
-                log.exception("%s v%d: explained observer failed", self.name, self.version)
 
     def _computed(self, started: float) -> None:
         # Timed here, in the inference thread: the batcher's own clock would also count the hand-off

@@ -52,7 +52,7 @@ def explain(
     prediction beside each."""
     from PIL import UnidentifiedImageError
 
-    from imgcls.errors import DataError
+    from imgcls.errors import DataError, describe_labels
     from imgcls.explain.bundle import ExplainUnavailableError, load_explainer
     from imgcls.explain.gradcam import METHODS
 
@@ -69,8 +69,9 @@ def explain(
     wanted: int | None = None
     if label is not None:
         if label not in labels:
-            shown = ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "")
-            raise DataError(f"--label {label!r} is not a class of this model; its classes: {shown}")
+            raise DataError(
+                f"--label {label!r} is not a class of this model; its classes: {describe_labels(labels)}"
+            )
         wanted = labels.index(label)
 
     import numpy as np
