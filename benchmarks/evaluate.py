@@ -22,7 +22,9 @@ from imgcls.errors import BundleError, ConfigError, ImgclsError
 from imgcls.manifest import Manifest, load_manifest, verify_artifacts
 from imgcls.preprocess import eval_transform, load_image
 from service.runtimes import resolve_device
+from trainer.data import label_matrix
 from trainer.export import load_eager_model
+from trainer.multilabel import multilabel_metrics
 from trainer.report import classification_metrics
 from trainer.rundir import RunDir
 
@@ -40,8 +42,10 @@ class ArtifactScore:
     label: str
     precision: str
     device: str
-    metrics: dict[str, float]  # accuracy, f1_macro, top5_accuracy (more than 5 classes)
-    agreement_with_eager: float  # share of images whose top-1 class matches the eager model's
+    # accuracy, f1_macro, top5_accuracy (more than 5 classes); multilabel: subset accuracy, map, f1_micro
+    metrics: dict[str, float]
+    # share of images whose top-1 class (multilabel: whole label set) matches the eager model's
+    agreement_with_eager: float
     accuracy_change: float  # accuracy minus the eager model's
 
 
@@ -93,14 +97,32 @@ def _batches(samples: list, manifest: Manifest, batch_size: int, where: Path):
             raise ConfigError(
                 f"cannot read the images listed in {where} ({exc}); evaluate where the run's data is"
             ) from None
-        yield images, np.array([s.label for s in chunk])
+        if manifest.task == "multilabel":
+            yield images, label_matrix(chunk, manifest.num_classes)
+        else:
+            yield images, np.array([s.label for s in chunk])
 
 
-def _summary(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, float]:
+def _summary(
+    probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], thresholds: np.ndarray | None
+) -> dict[str, float]:
+    if thresholds is not None:  # multilabel: sigmoid scores, decided at the bundle's thresholds
+        metrics = multilabel_metrics(probabilities, labels, class_names, thresholds)
+        return {name: metrics[name] for name in ("accuracy", "map", "f1_micro", "f1_macro")}
     # classification_metrics takes logits; log-probabilities rank the classes the same way.
     logits = np.log(np.clip(probabilities.astype(np.float64), 1e-30, None))
     metrics = classification_metrics(logits, labels, class_names)
     return {name: metrics[name] for name in _SUMMARY_METRICS if name in metrics}
+
+
+def _decisions(probabilities: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+    """The top-1 class of each image, or (multilabel) its label set at the thresholds."""
+    return probabilities >= thresholds if thresholds is not None else probabilities.argmax(axis=1)
+
+
+def _agreement(decisions: np.ndarray, reference: np.ndarray) -> float:
+    same = decisions == reference
+    return float((same.all(axis=1) if same.ndim == 2 else same).mean())
 
 
 def evaluate_bundle(
@@ -137,13 +159,19 @@ def evaluate_bundle(
     runtimes, not_loaded = load_every_artifact(
         manifest, bundle_dir, device=device, intra_op_threads=intra_op_threads
     )
+    thresholds = np.asarray(manifest.thresholds) if manifest.thresholds is not None else None
+    for runtime in runtimes.values():  # the scores the service serves
+        runtime.multilabel = thresholds is not None
+        runtime.temperature = 1.0  # accuracy and agreement do not depend on it
     outputs: dict[str, list[np.ndarray]] = {"eager": [], **{label: [] for label in runtimes}}
     truth: list[np.ndarray] = []
     try:
         for images, batch_labels in _batches(samples, manifest, batch_size, run.split):
             truth.append(batch_labels)
             with torch.inference_mode():
-                outputs["eager"].append(torch.softmax(eager(images.to(device)).float(), dim=1).cpu().numpy())
+                logits = eager(images.to(device)).float()
+                scores = torch.sigmoid(logits) if thresholds is not None else torch.softmax(logits, dim=1)
+                outputs["eager"].append(scores.cpu().numpy())
             host = images.numpy()
             for label, runtime in runtimes.items():
                 step = min(batch_size, runtime.max_batch_size or batch_size)
@@ -153,15 +181,15 @@ def evaluate_bundle(
             runtime.close()
     labels_array = np.concatenate(truth)
     eager_probabilities = np.concatenate(outputs["eager"])
-    eager_top1 = eager_probabilities.argmax(axis=1)
-    eager_accuracy = float((eager_top1 == labels_array).mean())
+    eager_decisions = _decisions(eager_probabilities, thresholds)
+    eager_accuracy = _summary(eager_probabilities, labels_array, labels, thresholds)["accuracy"]
     scores = []
     for label, chunks in outputs.items():
         probabilities = np.concatenate(chunks)
         if not np.isfinite(probabilities).all():
             not_loaded[label] = "produced NaN or infinite outputs"
             continue
-        summary = _summary(probabilities, labels_array, labels)
+        summary = _summary(probabilities, labels_array, labels, thresholds)
         runtime = runtimes.get(label)
         scores.append(
             ArtifactScore(
@@ -169,7 +197,7 @@ def evaluate_bundle(
                 precision=runtime.precision if runtime else "fp32",
                 device=runtime.device if runtime else device,
                 metrics=summary,
-                agreement_with_eager=float((probabilities.argmax(axis=1) == eager_top1).mean()),
+                agreement_with_eager=_agreement(_decisions(probabilities, thresholds), eager_decisions),
                 accuracy_change=summary["accuracy"] - eager_accuracy,
             )
         )

@@ -52,8 +52,6 @@ def _pixels(samples: list) -> tuple[np.ndarray, np.ndarray]:
 def rbf_svm(run_dir: Path) -> dict:
     """SVC(kernel="rbf") trained on a run's train split, C and gamma picked on its val split (ties go to
     the earlier pair, so the default wins a tie), scored on its test split."""
-    from sklearn.svm import SVC
-
     from trainer.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -61,6 +59,23 @@ def rbf_svm(run_dir: Path) -> dict:
     x_train, y_train = _pixels(splits["train"])
     x_val, y_val = _pixels(splits["val"])
     x_test, y_test = _pixels(splits["test"])
+    fitted, best, val_accuracy = svm_grid(x_train, y_train, x_val, y_val)
+    return {
+        "svm_default_test_accuracy": float(fitted[(1.0, "scale")].score(x_test, y_test)),
+        "svm_test_accuracy": float(fitted[best].score(x_test, y_test)),
+        "svm_val_accuracy": val_accuracy,
+        "svm_C": best[0],
+        "svm_gamma": best[1],
+    }
+
+
+def svm_grid(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+) -> tuple[dict, tuple[float, float | str], float]:
+    """SVC(kernel="rbf") fitted on train for each C x gamma of the grid; the pair best on val (ties go
+    to the earlier pair, so the default wins a tie) and its val accuracy."""
+    from sklearn.svm import SVC
+
     fitted = {
         (c, gamma): SVC(kernel="rbf", C=c, gamma=gamma).fit(x_train, y_train)
         for c in SVM_C
@@ -68,13 +83,7 @@ def rbf_svm(run_dir: Path) -> dict:
     }
     val = {pair: model.score(x_val, y_val) for pair, model in fitted.items()}
     best = max(val, key=val.__getitem__)
-    return {
-        "svm_default_test_accuracy": float(fitted[(1.0, "scale")].score(x_test, y_test)),
-        "svm_test_accuracy": float(fitted[best].score(x_test, y_test)),
-        "svm_val_accuracy": float(val[best]),
-        "svm_C": best[0],
-        "svm_gamma": best[1],
-    }
+    return fitted, best, float(val[best])
 
 
 def main() -> int:

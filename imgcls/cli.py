@@ -39,7 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.add_typer(trainer_cli.app)  # data, models, train, export
+app.add_typer(trainer_cli.app)  # data, models, train, cv, lr-find, export, report
 app.add_typer(service_cli.app)  # serve, predict, feedback
 app.add_typer(benchmarks_cli.app)  # bench, evaluate
 app.add_typer(explain_cli.app)  # explain

@@ -161,6 +161,9 @@ class ParityResult(_Strict):
     tolerance: Annotated[float, Field(gt=0.0)]
     # Set for reduced precision: the top-1 agreement needed to pass.
     min_top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    # "label_set" for multilabel bundles: top1_agreement is then the share of images whose thresholded
+    # label set is the same, max_abs_diff is over sigmoid scores, and accuracy is subset accuracy
+    agreement_on: Literal["label_set"] | None = None
     reference_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # eager model, same images
     accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # None: the images had no labels
     passed: bool
@@ -296,11 +299,14 @@ class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str
     version: Annotated[int, Field(ge=1)]
-    task: Literal["multiclass"] = "multiclass"
+    # multiclass: one label per image, softmax over the logits. multilabel: any number of labels per
+    # image, a sigmoid per logit; a label is predicted when its score reaches its threshold.
+    task: Literal["multiclass", "multilabel"] = "multiclass"
     labels: tuple[str, ...]
     preprocess: PreprocessSpec
     input: InputSpec
-    output: Literal["logits"] = "logits"  # artifacts return raw logits; apply softmax for probabilities
+    # artifacts return raw logits; softmax (multiclass) or sigmoid (multilabel) gives the scores
+    output: Literal["logits"] = "logits"
     artifacts: tuple[Artifact, ...]
     metrics: dict[str, float]
     baseline_check: BaselineCheck | None = None  # None: random-init bundles, and runs before the check
@@ -309,6 +315,9 @@ class Manifest(_Strict):
     # Temperature scaling fitted on the validation split (Guo et al. 2017): served probabilities are
     # softmax(logits / temperature). None: softmax(logits), as bundles written before it.
     temperature: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
+    # multilabel only: each label's threshold on its sigmoid score, in the order of ``labels``, tuned on
+    # the validation split to maximise that label's F1
+    thresholds: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] | None = None
     explain: ExplainSpec | None = None  # None: the bundle cannot be explained (re-export it)
     created_at: datetime
     architecture: str
@@ -340,6 +349,20 @@ class Manifest(_Strict):
             raise ValueError("metrics must include 'accuracy' (the test-split accuracy) for trained weights")
         if not self.artifacts:
             raise ValueError("a bundle needs at least one artifact")
+        if self.task == "multilabel":
+            if self.thresholds is None or len(self.thresholds) != len(self.labels):
+                raise ValueError(
+                    f"a multilabel bundle needs one threshold per label ({len(self.labels)}), got "
+                    f"{None if self.thresholds is None else len(self.thresholds)}"
+                )
+            if self.temperature is not None:
+                raise ValueError(
+                    "temperature scaling is for multiclass bundles; multilabel ones use thresholds"
+                )
+        elif self.thresholds is not None:
+            raise ValueError(
+                "thresholds are for task: multilabel; a multiclass bundle predicts the top score"
+            )
         paths = [a.path for a in self.artifacts] + ([self.explain.weights] if self.explain else [])
         if len(set(paths)) != len(paths):
             raise ValueError(f"artifact paths must be unique, got {paths}")

@@ -104,5 +104,9 @@ def predict(
     width = max(len(str(f)) for f in files)
     for path, prediction in zip(files, answer["predictions"], strict=True):
         ranked = "  ".join(f"{p['label']} {p['score']:.3f}" for p in prediction["top_k"])
-        typer.echo(f"{path!s:<{width}}  {prediction['label']:<8} {ranked}")
+        if "labels" in prediction:  # a multilabel model: every label above its threshold, maybe none
+            chosen = ";".join(p["label"] for p in prediction["labels"]) or "(none)"
+            typer.echo(f"{path!s:<{width}}  {chosen:<12} {ranked}")
+        else:
+            typer.echo(f"{path!s:<{width}}  {prediction['label']:<8} {ranked}")
     typer.echo(f"model {answer['model_name']} v{answer['model_version']}")

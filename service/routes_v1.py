@@ -27,11 +27,22 @@ router = APIRouter()
 
 
 def predictions(worker: ModelWorker, probabilities: np.ndarray, k: int) -> list[dict]:
-    labels = worker.ref.manifest.labels
+    """Per image: the top label, ``top_k``, and for a multilabel bundle ``labels``, every label whose
+    sigmoid score reaches its threshold, highest first (possibly none)."""
+    manifest = worker.ref.manifest
+    labels = manifest.labels
+    thresholds = np.asarray(manifest.thresholds) if manifest.thresholds is not None else None
     out = []
     for row, order in zip(probabilities, top_k_indices(probabilities, k), strict=True):
         ranked = [{"label": labels[i], "index": int(i), "score": float(row[i])} for i in order]
-        out.append({**ranked[0], "top_k": ranked})
+        prediction = {**ranked[0], "top_k": ranked}
+        if thresholds is not None:
+            chosen = np.flatnonzero(row >= thresholds)
+            chosen = chosen[np.argsort(-row[chosen], kind="stable")]
+            prediction["labels"] = [
+                {"label": labels[i], "index": int(i), "score": float(row[i])} for i in chosen
+            ]
+        out.append(prediction)
     return out
 
 
@@ -108,7 +119,12 @@ async def model_status(name: str, request: Request) -> dict:
                 "version": str(v),
                 "ready": w.ready,
                 **({"error": w.error} if w.error else {}),
-                **({"labels": list(w.ref.manifest.labels)} if w.ref.ok else {}),
+                **({"labels": list(w.ref.manifest.labels), "task": w.ref.manifest.task} if w.ref.ok else {}),
+                **(
+                    {"thresholds": dict(zip(w.ref.manifest.labels, w.ref.manifest.thresholds, strict=True))}
+                    if w.ref.ok and w.ref.manifest.thresholds is not None
+                    else {}
+                ),
                 **({"explain": _explain_status(w)} if w.explanations is not None else {}),
             }
             for v, w in sorted(versions.items())

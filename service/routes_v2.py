@@ -61,8 +61,14 @@ def _trust(manifest: Manifest) -> dict[str, str | float]:
         parameters["test_accuracy"] = manifest.metrics["accuracy"]
     if manifest.baseline_check is not None:
         parameters["baseline_check"] = "passed" if manifest.baseline_check.passed else "failed"
-    # the scores are softmax(logits / temperature): calibrated on the run's validation split
-    parameters["temperature"] = manifest.temperature or 1.0
+    parameters["task"] = manifest.task
+    if manifest.thresholds is not None:
+        # multilabel: probabilities are each label's sigmoid, a label predicted at its threshold
+        # (OIP parameters hold scalars: the thresholds in label order, comma-separated)
+        parameters["thresholds"] = ",".join(f"{t:.6g}" for t in manifest.thresholds)
+    else:
+        # the scores are softmax(logits / temperature): calibrated on the run's validation split
+        parameters["temperature"] = manifest.temperature or 1.0
     warning = manifest.quality_warning
     if warning is not None:
         parameters["warning"] = warning

@@ -1,4 +1,4 @@
-"""``imgcls data|models|train|export|report``: the trainer's commands.
+"""``imgcls data|models|train|cv|lr-find|export|report``: the trainer's commands.
 
 ``imgcls.cli`` puts them on the ``imgcls`` command line beside the service's and the benchmarks', and
 turns errors into exit codes there. Each command imports the training libraries only when it runs,
@@ -35,6 +35,27 @@ def data_digits(
 
     counts = write_digits(out, overwrite=overwrite)
     typer.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {out}")
+
+
+@data_app.command("digit-grid")
+def data_digit_grid(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to write <out>/images/<n>.png and <out>/labels.csv into.")
+    ] = Path("data/digit_grid"),
+    overwrite: Annotated[bool, typer.Option(help="Replace the folder if it already has files.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the grids' layout.")] = 0,
+) -> None:
+    """Write a multilabel dataset from the same digits: 16x16 grids of 2x2 cells, each a digit or empty;
+    the labels are the digits present (labels.csv, ;-separated). For configs/digit_grid.yaml."""
+    require_extra("train", "imgcls data digit-grid")
+    from trainer.digits import write_digit_grid
+
+    counts = write_digit_grid(out, overwrite=overwrite, seed=seed)
+    images = sum(1 for _ in (out / "images").iterdir())
+    typer.echo(
+        f"wrote {images} images to {out}/images with labels in {out}/labels.csv "
+        f"({', '.join(f'{k}: {v}' for k, v in counts.items())})"
+    )
 
 
 @app.command()
@@ -157,7 +178,13 @@ def train(
     result = run_training(resolved, config_name=config_name, resume=resume)
     accuracy = result.test_metrics["accuracy"]
     samples = result.test_metrics["samples"]
-    typer.echo(f"test accuracy: {accuracy:.4f} ({round(accuracy * samples)}/{samples} images)")
+    if "map" in result.test_metrics:  # multilabel: accuracy is the share of whole label sets right
+        typer.echo(
+            f"test mAP: {result.test_metrics['map']:.4f}, micro F1 {result.test_metrics['f1_micro']:.4f}, "
+            f"subset accuracy {accuracy:.4f} ({round(accuracy * samples)}/{samples} images)"
+        )
+    else:
+        typer.echo(f"test accuracy: {accuracy:.4f} ({round(accuracy * samples)}/{samples} images)")
     typer.echo(f"run: {result.run_dir}")
     if resolved.export.enabled:
         exported = export_bundle(result.run_dir)
@@ -178,6 +205,57 @@ def train(
             f"{result.run_dir / 'metrics.json'} and above",
             err=True,
         )
+
+
+@app.command()
+def cv(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML training config (see configs/).")
+    ] = None,
+    folds: Annotated[int, typer.Option("--folds", "-k", min=2, help="Number of folds (K).")] = 5,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            metavar="SECTION.FIELD=VALUE",
+            help="Override any config field (repeatable), e.g. train.epochs=10.",
+        ),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the folds' runs and the results (default: RUNS_DIR/<config name>-cv<K>). "
+            "Rerun with the same folder to continue where it stopped."
+        ),
+    ] = None,
+) -> None:
+    """Cross-validate the recipe: K stratified folds (group-aware with data.group_column), one full
+    training run per fold on the other folds, tested on its own; per-fold test metrics, mean ± sd and
+    a 95 % interval in cv.json and cv.md. A rerun skips finished folds and resumes an interrupted one.
+
+    Example: imgcls cv --config configs/digits.yaml --folds 5
+    """
+    require_extra("train", "imgcls cv")
+    from trainer.config import load_config
+    from trainer.cv import CV_METRICS, cross_validate
+
+    resolved = load_config(config, overrides, {"data.path": data} if data is not None else None)
+    config_name = config.stem if config is not None else "run"
+    out_dir = out if out is not None else resolved.runs_dir / f"{config_name}-cv{folds}"
+    result = cross_validate(resolved, num_folds=folds, out_dir=out_dir, config_name=config_name)
+    skipped = len(result.folds) - len(result.trained)
+    if skipped:
+        typer.echo(f"{skipped} fold(s) had finished before and were not retrained")
+    for key, name in CV_METRICS:
+        if key in result.summary:
+            row = result.summary[key]
+            typer.echo(
+                f"{name}: {row['mean']:.4f} ± {row['sd']:.4f} (95 % interval {row['ci95_low']:.4f} to "
+                f"{row['ci95_high']:.4f}; folds: {', '.join(f'{r[key]:.4f}' for r in result.folds)})"
+            )
+    typer.echo(f"results: {result.markdown_path}, {result.json_path}")
 
 
 @app.command()
@@ -283,8 +361,10 @@ def export(
     for artifact in result.manifest.artifacts:
         parity = artifact.parity
         line = (
-            f"{artifact.path} ({artifact.precision}): parity on {parity.samples} images: top-1 agreement "
-            f"{parity.top1_agreement:.4f}, max |softmax diff| {parity.max_abs_diff:.1e}"
+            f"{artifact.path} ({artifact.precision}): parity on {parity.samples} images: "
+            f"{'label-set' if parity.agreement_on == 'label_set' else 'top-1'} agreement "
+            f"{parity.top1_agreement:.4f}, max |{'sigmoid' if parity.agreement_on else 'softmax'} diff| "
+            f"{parity.max_abs_diff:.1e}"
         )
         if parity.accuracy_change is not None and artifact.precision != "fp32":
             line += f", accuracy {parity.accuracy:.4f} ({parity.accuracy_change:+.4f} vs eager)"
@@ -336,3 +416,76 @@ def report(
     )
     typer.echo(f"report: {page}")
     typer.echo(f"data: {page.parent / 'metrics.json'}, model card: {page.parent / 'model_card.md'}")
+
+
+@app.command("lr-find")
+def lr_find(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML training config (see configs/).")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            metavar="SECTION.FIELD=VALUE",
+            help="Override any config field (repeatable), e.g. train.batch_size=128.",
+        ),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")] = None,
+    start_lr: Annotated[float, typer.Option(help="The sweep's first learning rate.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="The sweep's last learning rate.")] = 10.0,
+    steps: Annotated[
+        int, typer.Option(help="Training batches in the sweep, one rate each (the split repeats if needed).")
+    ] = 100,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default: runs_dir/lr-find-<config name>-<timestamp>)."),
+    ] = None,
+    write_config: Annotated[
+        bool,
+        typer.Option("--write-config", help="Write the suggested rate into the config file (optim.lr)."),
+    ] = False,
+) -> None:
+    """Find a learning rate with the range test (Smith 2017; fastai's lr_find): train a throw-away
+    copy of the model for --steps batches while the rate grows exponentially from --start-lr to
+    --end-lr, and suggest where the smoothed loss falls longest (fastai's valley). Writes
+    lr_find.csv, lr_find.json and lr_find.png; nothing of a run.
+
+    Example: imgcls lr-find --config configs/digits.yaml --write-config
+    """
+    require_extra("train", "imgcls lr-find")
+    from datetime import datetime
+
+    from trainer.config import load_config
+    from trainer.config_edit import format_lr, write_lr_into_config
+    from trainer.lr_find import find_lr, write_outputs
+
+    resolved = load_config(config, overrides, {"data.path": data} if data is not None else None)
+    result = find_lr(resolved, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
+    out_dir = out or resolved.runs_dir / f"lr-find-{config.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    paths = write_outputs(result, out_dir)
+    stopped = {
+        "completed": "all steps run",
+        "diverged": "stopped: loss diverged",
+        "non_finite": "stopped: loss not finite",
+    }
+    typer.echo(
+        f"lr-find: {result.steps} steps, lr {result.lrs[0]:.2g} to {result.lrs[-1]:.2g} "
+        f"({stopped[result.stop_reason]}); the config has optim.lr={format_lr(result.config_lr)}"
+    )
+    for name, lr in result.suggestions.as_dict().items():
+        if lr is not None:
+            typer.echo(f"  {name:<9} {format_lr(lr):>9}" + ("  <- suggested" if name == "valley" else ""))
+    typer.echo(f"wrote: {paths['csv']}, {paths['json']}, {paths['png']}")
+    suggested = format_lr(result.suggested_lr)
+    if write_config:
+        write_lr_into_config(config, result.suggested_lr)
+        typer.echo(f"written into {config}: optim.lr={suggested}")
+        if overrides:  # the rate fits the overridden recipe, which the file does not hold
+            typer.echo(
+                f"note: found with --set {' '.join(overrides)}; the file keeps its own values for those"
+            )
+    else:
+        typer.echo(
+            f"to use it: rerun with --write-config, or train with --set optim.lr={suggested} "
+            "(a starting point: the peak rate after warm-up)"
+        )

@@ -51,10 +51,23 @@ class DataConfig(_Section):
     test_fraction: Fraction = 0.2  # used when the data has no test/ folder
     split_seed: int | None = None  # None: use train.seed
     split_file: Path | None = None  # reuse another run's split.csv instead of splitting (exact reproduction)
+    # CSV only: the column naming each image's group (camera, patient, session). No group spans two
+    # splits; classes stay stratified as far as the groups allow.
+    group_column: str | None = None
+    group_share_warning: float = Field(
+        default=0.25, gt=0.0, le=1.0
+    )  # warn when one group holds more of a split
     strict: bool = False  # stop before training when any image is unreadable, instead of skipping it
     num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes; 0 loads in the main process
     # keep decoded images in memory so epochs skip decoding; auto: when they fit in 1 GiB
     cache_images: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("group_column")
+    @classmethod
+    def _group_column_is_its_own(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() in ("", "path", "label"):
+            raise ValueError(f"group_column must name a CSV column other than path and label, got {value!r}")
+        return value.strip() if value is not None else None
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -129,8 +142,15 @@ class OptimConfig(_Section):
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     # Imbalanced classes (trainer/losses.py, docs/training.md): the loss, and per-class weights from
     # the training split's counts (inverse frequency, or Cui et al.'s effective number of samples)
-    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    # cross_entropy and focal (softmax) for one class per image; bce, asymmetric and focal (sigmoid, per
+    # label) for task: multilabel, whose default is bce
+    loss: Literal["cross_entropy", "focal", "bce", "asymmetric"] = "cross_entropy"
     focal_gamma: float = Field(default=2.0, ge=0.0)  # focal only; 0 is cross-entropy
+    # asymmetric (Ridnik et al., 2021): easy negatives down-weighted by p ** gamma_neg after shifting
+    # their probability down by asymmetric_clip; positives by (1 - p) ** gamma_pos
+    asymmetric_gamma_neg: float = Field(default=4.0, ge=0.0)
+    asymmetric_gamma_pos: float = Field(default=0.0, ge=0.0)
+    asymmetric_clip: float = Field(default=0.05, ge=0.0, lt=1.0)
     class_weights: Literal["none", "inverse_frequency", "effective_number"] = "none"
     effective_number_beta: float = Field(default=0.999, gt=0.0, lt=1.0)
     grad_clip_norm: float | None = Field(default=None, gt=0.0)  # None: no clipping
@@ -148,7 +168,9 @@ class TrainConfig(_Section):
     # class_balanced: draw training images with probability 1/(their class's count), with replacement
     sampler: Literal["shuffle", "class_balanced"] = "shuffle"
     # on the validation split; balanced_accuracy (mean per-class recall) or f1_macro for imbalanced classes
-    early_stopping_metric: Literal["accuracy", "loss", "f1_macro", "balanced_accuracy"] = "accuracy"
+    # multilabel: map (mean average precision over labels, the default there); accuracy is then the
+    # share of images whose whole label set is right at threshold 0.5
+    early_stopping_metric: Literal["accuracy", "loss", "f1_macro", "balanced_accuracy", "map"] = "accuracy"
     early_stopping_patience: int | None = Field(default=None, ge=1)  # None: train all epochs
     early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower on CUDA
@@ -232,6 +254,9 @@ class RunConfig(_Section):
 
     run_name: str | None = None  # None: <config name>-<timestamp>
     runs_dir: Path = Path("runs")
+    # multiclass: one class per image (softmax). multilabel: any number of labels per image (sigmoid per
+    # label, thresholds tuned on validation); the data's label cells hold ;-separated labels.
+    task: Literal["multiclass", "multilabel"] = "multiclass"
     data: DataConfig = DataConfig()
     preprocess: EvalTransformConfig = EvalTransformConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -239,6 +264,41 @@ class RunConfig(_Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> RunConfig:
+        optim, train = self.optim, self.train
+        if self.task == "multiclass":
+            if optim.loss in ("bce", "asymmetric"):
+                raise ValueError(
+                    f"optim.loss={optim.loss} scores each label on its own, for task: multilabel; with one class "
+                    "per image use cross_entropy or focal"
+                )
+            if train.early_stopping_metric == "map":
+                raise ValueError(
+                    "train.early_stopping_metric=map is for task: multilabel; use f1_macro or accuracy"
+                )
+            return self
+        # multilabel: the task's own defaults where the config says nothing
+        if "loss" not in optim.model_fields_set:
+            optim.loss = "bce"
+        if "early_stopping_metric" not in train.model_fields_set:
+            train.early_stopping_metric = "map"
+        refused = {
+            "optim.loss=cross_entropy": optim.loss == "cross_entropy",
+            "optim.class_weights=effective_number": optim.class_weights == "effective_number",
+            "train.sampler=class_balanced": train.sampler == "class_balanced",
+            "augment.mixup_alpha": self.augment.mixup_alpha > 0,
+            "augment.cutmix_alpha": self.augment.cutmix_alpha > 0,
+        }
+        named = [name for name, wrong in refused.items() if wrong]
+        if named:
+            raise ValueError(
+                f"task: multilabel does not support {', '.join(named)}. Use optim.loss bce, asymmetric or focal; "
+                "optim.class_weights=inverse_frequency weighs each label's positives by its negatives/positives; "
+                "MixUp/CutMix and the class-balanced sampler are single-label only"
+            )
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -9,31 +9,58 @@ Structural problems (no such path, empty folders, one class, a malformed CSV) ra
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from imgcls.errors import DataError
 
 __all__ = [
+    "LABEL_SEPARATOR",
+    "MULTILABEL",
     "SPLIT_NAMES",
     "BadFile",
     "DataSource",
     "Sample",
     "discover",
+    "label_matrix",
     "scan_images",
 ]
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
+LABEL_SEPARATOR = ";"  # between the labels of one image in a multilabel CSV or split.csv
+
+
 @dataclass(frozen=True, order=True)
 class Sample:
     path: Path
-    label: int
+    label: int  # the class; MULTILABEL (-1) for a multilabel image, whose labels are in ``labels``
+    # data.group_column: the camera, patient or session the image came from; a group never spans two
+    # splits. Not part of the ordering, which stays (path, label) with or without groups.
+    group: str | None = field(default=None, compare=False)
+    labels: tuple[int, ...] | None = field(default=None, compare=False)  # task: multilabel (may be empty)
+
+    def label_indices(self) -> tuple[int, ...]:
+        """Every label of the image: its class, or its labels when multilabel."""
+        return self.labels if self.labels is not None else (self.label,)
+
+
+MULTILABEL = -1
+
+
+def label_matrix(samples: Sequence[Sample], num_classes: int) -> np.ndarray:
+    """``[N, classes]`` of 0/1: one-hot for single-label samples, multi-hot for multilabel ones."""
+    matrix = np.zeros((len(samples), num_classes), dtype=np.int64)
+    for row, sample in enumerate(samples):
+        matrix[row, list(sample.label_indices())] = 1
+    return matrix
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,7 @@ class DataSource:
     class_names: list[str]
     samples: list[Sample] = field(default_factory=list)  # when the data is not pre-split
     given_splits: dict[str, list[Sample]] = field(default_factory=dict)  # train/val/test folders
+    multilabel: bool = False  # task: multilabel; each sample's labels are in Sample.labels
 
     def all_samples(self) -> list[Sample]:
         return self.samples + [s for split in self.given_splits.values() for s in split]
@@ -95,17 +123,25 @@ def _read_imagefolder(
     return list(names), samples
 
 
-def _read_csv(csv_path: Path) -> tuple[list[str], list[Sample]]:
+def _read_csv(
+    csv_path: Path, group_column: str | None = None, multilabel: bool = False
+) -> tuple[list[str], list[Sample]]:
+    required = ("path", "label") + ((group_column,) if group_column else ())
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in ("path", "label") if c not in columns]
+            missing = [c for c in required if c not in columns]
             if missing:
                 found = ",".join(columns) if columns else "nothing"
                 raise DataError(
                     f"{csv_path}: missing column(s) {', '.join(missing)}; the first row must be the header "
-                    f"'path,label' (found {found})"
+                    f"'{','.join(required)}' (found {found})"
+                    + (
+                        "; data.group_column names the column that holds each image's group"
+                        if group_column
+                        else ""
+                    )
                 )
             rows = [
                 ({k.strip(): (v or "").strip() for k, v in row.items() if k is not None}, reader.line_num)
@@ -119,14 +155,36 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[Sample]]:
         raise DataError(f"{csv_path}: no rows after the header; add one 'path,label' row per image")
     base = csv_path.parent
     missing_paths: list[tuple[int, str]] = []
-    entries: list[tuple[Path, str]] = []
+    entries: dict[Path, tuple[list[str], str | None, int]] = {}  # path -> labels, group, first line
     for row, line in rows:
-        if not row["path"] or not row["label"]:
+        if not row["path"] or (not row["label"] and not multilabel):
             raise DataError(f"{csv_path}: line {line}: empty path or label; every row needs both")
+        group = row[group_column] if group_column else None
+        if group_column and not group:
+            raise DataError(
+                f"{csv_path}: line {line}: empty {group_column!r} (data.group_column); every row needs its "
+                "group, so that no group is split across train, val and test. An image with no group of its "
+                "own can take its path as its group"
+            )
+        labels = _row_labels(csv_path, line, row["label"], multilabel)
         path = base / row["path"]
         if not path.is_file():
             missing_paths.append((line, row["path"]))
-        entries.append((path, row["label"]))
+        if path in entries:  # multilabel: one row per label of an image works too
+            known, known_group, first_line = entries[path]
+            if not multilabel and known != labels:
+                raise DataError(
+                    f"{csv_path}: line {line}: {row['path']!r} is labelled {labels[0]!r} here but {known[0]!r} on "
+                    f"line {first_line}; keep one row per image (or set task: multilabel if it has both)"
+                )
+            if known_group != group:
+                raise DataError(
+                    f"{csv_path}: line {line}: {row['path']!r} is in group {group!r} here but {known_group!r} "
+                    f"on line {first_line}; an image has one group"
+                )
+            known.extend(label for label in labels if label not in known)
+            continue
+        entries[path] = (labels, group, line)
     if missing_paths:
         line, first = missing_paths[0]
         more = f" (and {len(missing_paths) - 1} more)" if len(missing_paths) > 1 else ""
@@ -134,9 +192,38 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[Sample]]:
             f"{csv_path}: line {line}: {first!r} does not exist{more}; paths are relative to the CSV's folder "
             f"({base}); fix or remove those rows"
         )
-    names = sorted({label for _, label in entries})
+    names = sorted({label for labels, _, _ in entries.values() for label in labels})
     index = {name: i for i, name in enumerate(names)}
-    return names, [Sample(path, index[label]) for path, label in entries]
+    if multilabel:
+        return names, [
+            Sample(path, MULTILABEL, group, tuple(sorted(index[label] for label in labels)))
+            for path, (labels, group, _) in entries.items()
+        ]
+    return names, [Sample(path, index[labels[0]], group) for path, (labels, group, _) in entries.items()]
+
+
+def _row_labels(csv_path: Path, line: int, cell: str, multilabel: bool) -> list[str]:
+    if multilabel:  # "cat;dog", "cat", or "" for an image with none of the labels
+        return list(dict.fromkeys(part.strip() for part in cell.split(LABEL_SEPARATOR) if part.strip()))
+    if LABEL_SEPARATOR in cell:
+        raise DataError(
+            f"{csv_path}: line {line}: label {cell!r} holds several labels; for images with several labels "
+            "set task: multilabel in the config (--set task=multilabel)"
+        )
+    return [cell]
+
+
+def _merge_copies(samples: list[Sample]) -> list[Sample]:
+    """Multilabel folders: an image in several label folders (the same bytes, copied or hard-linked)
+    is one sample carrying all those labels, under its first path."""
+    by_content: dict[str, list[Sample]] = {}
+    for sample in sorted(samples):
+        digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
+        by_content.setdefault(digest, []).append(sample)
+    return sorted(
+        Sample(copies[0].path, MULTILABEL, None, tuple(sorted({c.label for c in copies})))
+        for copies in by_content.values()
+    )
 
 
 def _check_classes(where: Path, class_names: Sequence[str]) -> None:
@@ -147,8 +234,15 @@ def _check_classes(where: Path, class_names: Sequence[str]) -> None:
         )
 
 
-def discover(path: Path, fmt: str = "auto") -> DataSource:
-    """Find the classes and image files at ``path`` (an ImageFolder directory or a CSV file)."""
+def discover(
+    path: Path, fmt: str = "auto", group_column: str | None = None, multilabel: bool = False
+) -> DataSource:
+    """Find the classes and image files at ``path`` (an ImageFolder directory or a CSV file).
+
+    With ``group_column`` (a CSV column), every sample carries its group. With ``multilabel``, a CSV's
+    label cell holds ``;``-separated labels, and in folders one image copied into several label
+    folders is one sample with all of them.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(
@@ -157,12 +251,17 @@ def discover(path: Path, fmt: str = "auto") -> DataSource:
         )
     if fmt == "auto":
         fmt = "csv" if path.is_file() else "imagefolder"
+    if group_column and fmt != "csv":
+        raise DataError(
+            f"{path}: data.group_column={group_column!r} needs a CSV source (columns path,label,{group_column}); "
+            "list the images in a CSV, or drop data.group_column"
+        )
     if fmt == "csv":
         if not path.is_file():
             raise DataError(f"{path}: data.format is csv but this is not a file; pass the CSV file itself")
-        names, samples = _read_csv(path)
+        names, samples = _read_csv(path, group_column, multilabel)
         _check_classes(path, names)
-        return DataSource(root=path.parent, class_names=names, samples=samples)
+        return DataSource(root=path.parent, class_names=names, samples=samples, multilabel=multilabel)
     if not path.is_dir():
         raise DataError(
             f"{path}: not a directory; pass an ImageFolder directory, or a .csv file with data.format=csv"
@@ -176,10 +275,14 @@ def discover(path: Path, fmt: str = "auto") -> DataSource:
         for name in ("val", "test"):
             if name in present:
                 splits[name] = _read_imagefolder(present[name], names)[1]
-        return DataSource(root=path, class_names=names, given_splits=splits)
+        if multilabel:
+            splits = {name: _merge_copies(items) for name, items in splits.items()}
+        return DataSource(root=path, class_names=names, given_splits=splits, multilabel=multilabel)
     names, samples = _read_imagefolder(path)
     _check_classes(path, names)
-    return DataSource(root=path, class_names=names, samples=samples)
+    if multilabel:
+        samples = _merge_copies(samples)
+    return DataSource(root=path, class_names=names, samples=samples, multilabel=multilabel)
 
 
 def _check_image(path: Path) -> tuple[Path, str | None, tuple[int, int, int] | None]:

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imgcls.preprocess import load_image
-from trainer.data import Sample
+from trainer.data import Sample, label_matrix
 
 __all__ = ["ImageDataset", "make_loader"]
 
@@ -26,10 +26,17 @@ class ImageDataset(Dataset):
         color_mode: str,
         transform: Callable[[torch.Tensor], torch.Tensor],
         cache: bool = False,
+        multilabel_classes: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.color_mode = color_mode
         self.transform = transform
+        # multilabel: each target is a float multi-hot vector over this many labels, not a class index
+        self.targets: torch.Tensor | None = (
+            torch.from_numpy(label_matrix(self.samples, multilabel_classes)).float()
+            if multilabel_classes is not None
+            else None
+        )
         self._cache: list[torch.Tensor] | None = (
             [load_image(s.path, color_mode) for s in self.samples] if cache else None
         )
@@ -37,10 +44,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         sample = self.samples[index]
         image = self._cache[index] if self._cache is not None else load_image(sample.path, self.color_mode)
-        return self.transform(image), sample.label
+        target = self.targets[index] if self.targets is not None else sample.label
+        return self.transform(image), target
 
 
 def make_loader(

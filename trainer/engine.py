@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from trainer.ema import ModelEma
 
-__all__ = ["MixedPrecision", "evaluate", "predict", "train_one_epoch"]
+__all__ = ["MixedPrecision", "evaluate", "optimisation_step", "predict", "train_one_epoch"]
 
 
 class MixedPrecision:
@@ -37,6 +37,23 @@ class MixedPrecision:
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def optimisation_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: MixedPrecision,
+    grad_clip_norm: float | None = None,
+) -> None:
+    """Backward through the gradient scaler, clip the unscaled gradients, step, update the scaler."""
+    optimizer.zero_grad(set_to_none=True)
+    precision.scaler.scale(loss).backward()
+    if grad_clip_norm is not None:
+        precision.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
 
 
 def train_one_epoch(
@@ -77,19 +94,16 @@ def train_one_epoch(
             loss = criterion(logits, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()}; lower optim.lr or enable optim.grad_clip_norm")
-        optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(loss).backward()
-        if grad_clip_norm is not None:
-            precision.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
+        optimisation_step(loss, model, optimizer, precision, grad_clip_norm)
         scheduler.step()
         if ema is not None:
             ema.update(model)
         batch = images.shape[0]
         total_loss += loss.item() * batch
-        correct += (logits.argmax(dim=1) == hard_targets).sum().item()
+        if hard_targets.ndim == 2:  # multilabel: the whole label set right at 0.5
+            correct += ((logits > 0) == (hard_targets > 0.5)).all(dim=1).sum().item()
+        else:
+            correct += (logits.argmax(dim=1) == hard_targets).sum().item()
         seen += batch
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
@@ -115,10 +129,14 @@ def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, precision: MixedPrecision | None = None
 ) -> dict[str, float]:
     """Loss, accuracy, balanced accuracy (mean per-class recall) and macro F1 on ``loader`` (used on
-    the validation split every epoch)."""
+    the validation split every epoch); for multilabel targets :func:`trainer.multilabel.validation_scores`."""
     from sklearn.metrics import f1_score, recall_score
 
     logits, labels = predict(model, loader, device, precision)
+    if labels.ndim == 2:
+        from trainer.multilabel import validation_scores
+
+        return validation_scores(logits, labels)
     loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     predictions = logits.argmax(axis=1)
     return {

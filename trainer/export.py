@@ -55,6 +55,7 @@ from trainer.artifacts import (
     needs_calibration,
 )
 from trainer.config import ExportConfig, RunConfig, config_digest, load_config
+from trainer.data import label_matrix
 from trainer.explain_weights import write_explain_weights
 from trainer.models import create_model
 from trainer.parity import compare
@@ -134,7 +135,12 @@ def _run_images(
         calibration = _load_images([train[i] for i in sorted(order)], spec, run.split)
     return ExportImages(
         parity=_load_images(samples, spec, run.split),
-        labels=np.array([s.label for s in samples]),
+        # multilabel: [N, labels] of 0/1, compared with the thresholded label sets
+        labels=(
+            label_matrix(samples, len(labels))
+            if config.task == "multilabel"
+            else np.array([s.label for s in samples])
+        ),
         calibration=calibration,
     )
 
@@ -248,6 +254,7 @@ def _write_bundle(
     run_dir: str,
     baseline_check: BaselineCheck | None = None,
     temperature: float | None = None,
+    thresholds: tuple[float, ...] | None = None,
 ) -> ExportResult:
     """Export ``model`` in each format, check each artifact against the eager model on the parity
     images, and rename the finished bundle into ``final_dir``."""
@@ -271,6 +278,7 @@ def _write_bundle(
                 tolerance=config.export.parity_tolerance,
                 precision=built.precision,
                 labels=None if images.labels is None else images.labels[:count],
+                thresholds=None if thresholds is None else np.asarray(thresholds),
             )
             if not parity.passed:
                 if weights == "trained" or parity.min_top1_agreement is None:
@@ -307,7 +315,9 @@ def _write_bundle(
         manifest = Manifest(
             name=model_dir.name,
             version=version,
+            task="multilabel" if thresholds is not None else "multiclass",
             labels=tuple(labels),
+            thresholds=thresholds,
             preprocess=spec,
             input=InputSpec(channels=spec.channels, height=spec.crop_height, width=spec.crop_width),
             artifacts=tuple(artifacts),
@@ -416,7 +426,20 @@ def export_bundle(
         run_dir=str(run.path),
         baseline_check=baseline_check,
         temperature=(summary.get("calibration") or {}).get("temperature"),
+        thresholds=_thresholds(summary, labels, run) if config.task == "multilabel" else None,
     )
+
+
+def _thresholds(summary: dict, labels: list[str], run: RunDir) -> tuple[float, ...]:
+    """A multilabel run's per-label thresholds (metrics.json), in the order of its labels."""
+    recorded = summary.get("thresholds") or {}
+    missing = [label for label in labels if label not in recorded]
+    if missing:
+        raise ExportError(
+            f"{run.metrics_json}: no threshold for label(s) {', '.join(missing[:10])}; the run did not finish "
+            "its evaluation (rerun it with --resume)"
+        )
+    return tuple(float(recorded[label]) for label in labels)
 
 
 def export_random_init(

@@ -150,14 +150,8 @@ def _train_and_validate(
         "val_accuracy": live_stats["accuracy"],
         "val_f1_macro": live_stats["f1_macro"],
         "val_balanced_accuracy": live_stats["balanced_accuracy"],
-        **(
-            {
-                f"ema_val_{key}": ema_stats[key]
-                for key in ("loss", "accuracy", "f1_macro", "balanced_accuracy")
-            }
-            if ema_stats is not None
-            else {}
-        ),
+        **({"val_map": live_stats["map"]} if "map" in live_stats else {}),
+        **({f"ema_val_{key}": value for key, value in ema_stats.items()} if ema_stats is not None else {}),
         "kept": kept,
         "seconds": time.perf_counter() - epoch_started,
     }
@@ -199,7 +193,9 @@ def _improved(metric: str, value: float, best: float | None, min_delta: float) -
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_METRIC_COLUMNS)
+        multilabel = any("val_map" in row for row in history)
+        columns = _METRIC_COLUMNS + (["val_map", "ema_val_map"] if multilabel else [])
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -213,6 +209,9 @@ def _log_epoch(config: RunConfig, row: dict, improved: bool) -> None:
         else ""
     )
     frozen = row["epoch"] - 1 < config.model.freeze_backbone_epochs
+    if "val_map" in row:  # multilabel: accuracy is the share of whole label sets right at 0.5
+        ema_part = f" | ema val mAP {row['ema_val_map']:.4f}{ema_part}" if "ema_val_map" in row else ema_part
+        ema_part = f" mAP {row['val_map']:.4f}{ema_part}"
     log.info(
         "epoch %3d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f%s | lr %.2e | %.1fs%s%s",
         row["epoch"],

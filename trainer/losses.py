@@ -9,6 +9,8 @@
   examples stop drowning out the hard ones; ``gamma = 0`` is cross-entropy.
 - A class-balanced sampler: each training image drawn with probability proportional to
   ``1 / n_c`` (with replacement), so every class is seen about equally often per epoch.
+- Multilabel (``task: multilabel``): per-label sigmoid losses (:class:`MultilabelLoss`: binary
+  cross-entropy, focal, asymmetric), with ``negatives / positives`` as each label's positive weight.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from torch.utils.data import WeightedRandomSampler
 
 from imgcls.errors import ConfigError
 
-__all__ = ["FocalLoss", "balanced_sampler", "build_criterion", "class_counts", "class_weights"]
+__all__ = [
+    "FocalLoss",
+    "MultilabelLoss",
+    "balanced_sampler",
+    "build_criterion",
+    "class_counts",
+    "class_weights",
+    "label_pos_weight",
+]
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:
@@ -76,6 +86,70 @@ class FocalLoss(nn.Module):
         return per_class.sum(dim=1).mean()
 
 
+class MultilabelLoss(nn.Module):
+    """Per-label losses on sigmoid outputs, averaged over images and labels (as ``BCEWithLogitsLoss``):
+    ``bce``; ``focal`` (torchvision's ``sigmoid_focal_loss``, no alpha); ``asymmetric`` (ASL, Ridnik et
+    al., 2021: positives weighted by ``(1 - p) ** gamma_pos``, negatives by ``p_m ** gamma_neg`` with
+    ``p_m = max(p - clip, 0)``, so easy negatives, the bulk of a multilabel batch, fade out and very
+    easy ones count for nothing). Label smoothing moves targets to ``eps / 2`` and ``1 - eps / 2``;
+    ``pos_weight`` scales each label's positive term (``optim.class_weights=inverse_frequency``)."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        pos_weight: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+        gamma: float = 2.0,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if kind not in ("bce", "focal", "asymmetric"):
+            raise ValueError(f"unknown multilabel loss {kind!r}")
+        self.kind = kind
+        self.label_smoothing = label_smoothing
+        self.gamma, self.gamma_neg, self.gamma_pos, self.clip = gamma, gamma_neg, gamma_pos, clip
+        self.register_buffer("pos_weight", pos_weight if pos_weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        if self.label_smoothing:
+            target = target * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+        pos_weight = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
+        if self.kind == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+        p = torch.sigmoid(logits)
+        log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+        if self.kind == "focal":
+            p_t = p * target + (1 - p) * (1 - target)
+            positive = target * log_p * (pos_weight if pos_weight is not None else 1.0)
+            per_label = -(positive + (1 - target) * log_not_p) * (1 - p_t).pow(self.gamma)
+            return per_label.mean()
+        shifted = (p - self.clip).clamp(min=0) if self.clip > 0 else p
+        # log(1 - p_m) from the shifted probability; clamped so a fully confident negative costs 0, not -inf
+        log_not_shifted = torch.log((1 - shifted).clamp(min=1e-8)) if self.clip > 0 else log_not_p
+        positive = target * (1 - p).pow(self.gamma_pos) * log_p
+        if pos_weight is not None:
+            positive = positive * pos_weight
+        negative = (1 - target) * shifted.pow(self.gamma_neg) * log_not_shifted
+        return -(positive + negative).mean()
+
+
+def label_pos_weight(positives: np.ndarray, num_images: int) -> torch.Tensor:
+    """``negatives / positives`` per label (``BCEWithLogitsLoss``'s pos_weight), so a rare label's few
+    positives weigh as much as its many negatives."""
+    positives = np.asarray(positives, dtype=np.float64)
+    if (positives <= 0).any():
+        missing = [int(i) for i in np.flatnonzero(positives <= 0)]
+        raise ConfigError(
+            f"optim.class_weights=inverse_frequency: labels {missing} have no positive training images; "
+            "weights need every label"
+        )
+    return torch.tensor((num_images - positives) / positives, dtype=torch.float32)
+
+
 def build_criterion(
     loss: str,
     *,
@@ -84,8 +158,28 @@ def build_criterion(
     beta: float,
     gamma: float,
     label_smoothing: float,
+    multilabel_images: int | None = None,
+    asymmetric: tuple[float, float, float] = (4.0, 0.0, 0.05),
 ) -> nn.Module:
-    """The training loss the config names, with its class weights."""
+    """The training loss the config names, with its class weights. For multilabel runs pass
+    ``multilabel_images`` (the training images; ``counts`` are then each label's positives) and the
+    asymmetric loss's ``(gamma_neg, gamma_pos, clip)``."""
+    if multilabel_images is not None:
+        if weighting not in ("none", "inverse_frequency"):
+            raise ConfigError(
+                f"optim.class_weights={weighting} is single-label; multilabel takes inverse_frequency"
+            )
+        pos_weight = label_pos_weight(counts, multilabel_images) if weighting == "inverse_frequency" else None
+        gamma_neg, gamma_pos, clip = asymmetric
+        return MultilabelLoss(
+            loss,
+            pos_weight=pos_weight,
+            label_smoothing=label_smoothing,
+            gamma=gamma,
+            gamma_neg=gamma_neg,
+            gamma_pos=gamma_pos,
+            clip=clip,
+        )
     weight = class_weights(counts, weighting, beta)
     if loss == "focal":
         return FocalLoss(gamma, weight, label_smoothing)

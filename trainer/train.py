@@ -12,12 +12,14 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from imgcls.errors import ConfigError, DataError
 from imgcls.manifest import BaselineCheck, PreprocessSpec
@@ -26,20 +28,39 @@ from trainer.baselines import check_against_baselines
 from trainer.calibrate import calibrate
 from trainer.checkpoint import Progress, load_training_state
 from trainer.config import RunConfig
-from trainer.data import DataSource, discover, scan_images
+from trainer.data import DataSource, discover, label_matrix, scan_images
 from trainer.datasets import ImageDataset, make_loader
 from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision, predict
 from trainer.fit import Compute, Loaders, TrainingState, fit
 from trainer.losses import balanced_sampler, build_criterion, class_counts
 from trainer.models import BuiltModel, create_model
+from trainer.multilabel import label_set_ids, multilabel_metrics, predict_sets, tune_thresholds
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.report import classification_metrics, plot_confusion_matrix, plot_curves, write_per_class_csv
 from trainer.rundir import RunDir, git_sha
-from trainer.splits import Splits, read_split_file, resolve_splits, split_counts, write_split_file
+from trainer.splits import (
+    Splits,
+    read_split_file,
+    resolve_splits,
+    split_counts,
+    split_warnings,
+    write_split_file,
+)
 from trainer.transforms import batch_mixer, preprocess_spec, train_transform
 
-__all__ = ["TrainResult", "train"]
+__all__ = [
+    "Data",
+    "TrainResult",
+    "build_loaders",
+    "build_training_state",
+    "create_run_model",
+    "load_data",
+    "prepare_data",
+    "set_up_compute",
+    "train",
+    "train_label_counts",
+]
 
 log = logging.getLogger("imgcls.train")
 
@@ -71,22 +92,29 @@ class Data:
 def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = None) -> TrainResult:
     """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint."""
     started = time.perf_counter()
-    compute = _set_up(config)
+    compute = set_up_compute(config)
     # the data and the model are validated completely before the run directory exists
-    data = _load_data(config, resume)
-    built = _create_model(config, data)
+    data = load_data(config, resume)
+    built = create_run_model(config, data)
     run = _open_run_dir(config, config_name, data, resume)
-    loaders = _build_loaders(config, data, compute)
-    train_counts = class_counts([s.label for s in data.splits["train"]], len(data.class_names))
-    state = _build_training_state(config, built, train_counts, loaders, compute, run, resume)
+    loaders = build_loaders(config, data, compute)
+    state = build_training_state(config, built, train_label_counts(data), loaders, compute, run, resume)
     fit(config, state, loaders, compute, run)
     return _test_and_report(config, data, loaders, state, compute, run, started)
+
+
+def train_label_counts(data: Data) -> np.ndarray:
+    """Training images per class; for multilabel data, positive training images per label."""
+    train = data.splits["train"]
+    if any(s.labels is not None for s in train):
+        return label_matrix(train, len(data.class_names)).sum(axis=0)
+    return class_counts([s.label for s in train], len(data.class_names))
 
 
 # --- set-up: threads, seeds, device ---
 
 
-def _set_up(config: RunConfig) -> Compute:
+def set_up_compute(config: RunConfig) -> Compute:
     cfg_train = config.train
     if cfg_train.threads:
         torch.set_num_threads(cfg_train.threads)
@@ -119,10 +147,10 @@ def _device(choice: str) -> torch.device:
 # --- data and splits: found, scanned and split for a new run, read back from the run resumed ---
 
 
-def _load_data(config: RunConfig, resume: Path | None) -> Data:
+def load_data(config: RunConfig, resume: Path | None) -> Data:
     spec = preprocess_spec(config.preprocess)
     if resume is None:
-        source, splits, report = _prepare_data(config)
+        source, splits, report = prepare_data(config)
         return Data(source.class_names, splits, spec, report["decoded_bytes"], source, report)
     run = RunDir(Path(resume))
     class_names = run.read_labels()
@@ -131,10 +159,10 @@ def _load_data(config: RunConfig, resume: Path | None) -> Data:
     return Data(class_names, splits, spec, decoded_bytes)
 
 
-def _prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
+def prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
     """Find, scan and split the data; raises before anything is written to disk."""
     data = config.data
-    source = discover(data.path, data.format)
+    source = discover(data.path, data.format, data.group_column, multilabel=config.task == "multilabel")
     candidates = source.all_samples()
     good, bad = scan_images(s.path for s in candidates)
     if bad and data.strict:
@@ -159,10 +187,28 @@ def _prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
         "decoded_bytes": decoded_bytes,
         "split_seed": seed,
         "split_source": (
-            str(data.split_file) if data.split_file else "folders" if source.given_splits else "stratified"
+            str(data.split_file)
+            if data.split_file
+            else "folders"
+            if source.given_splits
+            else "grouped"
+            if data.group_column
+            else "stratified"
         ),
         "class_counts": split_counts(splits, source.class_names),
+        "warnings": split_warnings(splits, source.class_names, data.group_share_warning),
     }
+    if source.multilabel:
+        combinations = Counter(s.labels for part in splits.values() for s in part)
+        report["label_combinations"] = [
+            {"labels": [source.class_names[i] for i in key or ()], "images": count}
+            for key, count in combinations.most_common()
+        ]
+    if data.group_column:
+        report["groups"] = {
+            "column": data.group_column,
+            "per_split": {name: len({s.group for s in part}) for name, part in splits.items()},
+        }
     return source, splits, report
 
 
@@ -182,7 +228,7 @@ def _reuse_split(split_file: Path, source: DataSource, usable: set[Path]) -> Spl
 # --- model (built before the run directory, so that a bad model.* setting writes nothing) ---
 
 
-def _create_model(config: RunConfig, data: Data) -> BuiltModel:
+def create_run_model(config: RunConfig, data: Data) -> BuiltModel:
     cfg_model = config.model
     return create_model(
         cfg_model.name,
@@ -209,6 +255,8 @@ def _open_run_dir(config: RunConfig, config_name: str, data: Data, resume: Path 
         run.data_report.write_text(json.dumps(data.report, indent=1) + "\n", encoding="utf-8")
         if data.report["skipped"]:
             log.warning("skipped %d unreadable file(s); see %s", len(data.report["skipped"]), run.data_report)
+        for warning in data.report["warnings"]:
+            log.warning("WARNING: %s (recorded in %s)", warning, run.data_report)
     log.info(
         "data: %d classes; train %d, val %d, test %d images; run dir %s",
         len(data.class_names),
@@ -235,16 +283,19 @@ def _make_run_dir(config: RunConfig, config_name: str) -> RunDir:
 # --- loaders: datasets, transforms, shuffling ---
 
 
-def _build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
+def build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
     cfg_train, spec, splits = config.train, data.spec, data.splits
     cache = config.data.cache_images == "on" or (
         config.data.cache_images == "auto" and data.decoded_bytes <= _CACHE_LIMIT_BYTES
     )
     eval_tf = eval_transform(spec)
+    labels = len(data.class_names) if config.task == "multilabel" else None
     datasets = {
-        "train": ImageDataset(splits["train"], spec.color_mode, train_transform(spec, config.augment), cache),
-        "val": ImageDataset(splits["val"], spec.color_mode, eval_tf, cache),
-        "test": ImageDataset(splits["test"], spec.color_mode, eval_tf, cache),
+        "train": ImageDataset(
+            splits["train"], spec.color_mode, train_transform(spec, config.augment), cache, labels
+        ),
+        "val": ImageDataset(splits["val"], spec.color_mode, eval_tf, cache, labels),
+        "test": ImageDataset(splits["test"], spec.color_mode, eval_tf, cache, labels),
     }
     pin = compute.device.type == "cuda"
     shuffle_generator = torch.Generator()
@@ -284,15 +335,17 @@ def _build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
 # --- model and optimisation: device, EMA, optimizer, schedule, loss; or the checkpoint resumed ---
 
 
-def _build_training_state(
+def build_training_state(
     config: RunConfig,
     built: BuiltModel,
     train_counts: np.ndarray,
     loaders: Loaders,
     compute: Compute,
-    run: RunDir,
-    resume: Path | None,
+    run: RunDir | None = None,
+    resume: Path | None = None,
 ) -> TrainingState:
+    """The model on its device, optimizer, schedule, loss, mixer and EMA; with ``resume`` (and its
+    ``run``), the last checkpoint's state loaded into them."""
     cfg_train, cfg_model = config.train, config.model
     if built.weights_source:
         log.info("model: %s, pretrained weights from %s", cfg_model.name, built.weights_source)
@@ -307,19 +360,26 @@ def _build_training_state(
     )
     scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(loaders.train))
     num_classes = len(train_counts)
+    cfg_optim = config.optim
     criterion = build_criterion(
-        config.optim.loss,
+        cfg_optim.loss,
         counts=train_counts,
-        weighting=config.optim.class_weights,
-        beta=config.optim.effective_number_beta,
-        gamma=config.optim.focal_gamma,
-        label_smoothing=config.optim.label_smoothing,
+        weighting=cfg_optim.class_weights,
+        beta=cfg_optim.effective_number_beta,
+        gamma=cfg_optim.focal_gamma,
+        label_smoothing=cfg_optim.label_smoothing,
+        multilabel_images=len(loaders.train.dataset) if config.task == "multilabel" else None,
+        asymmetric=(
+            cfg_optim.asymmetric_gamma_neg,
+            cfg_optim.asymmetric_gamma_pos,
+            cfg_optim.asymmetric_clip,
+        ),
     ).to(compute.device)
     mixer = batch_mixer(config.augment, num_classes)
     ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None
 
     progress = Progress()
-    if resume is not None:
+    if resume is not None and run is not None:
         progress = load_training_state(
             run.last_checkpoint, compute.device, model, optimizer, scheduler, compute.precision, ema
         )
@@ -345,21 +405,37 @@ def _test_and_report(
     best = torch.load(run.best_checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     logits, labels = predict(model, loaders.test, device, precision)
-    test = classification_metrics(logits, labels, class_names)
-    calibration = calibrate(*predict(model, loaders.val, device, precision), logits, labels)
     steps = len(loaders.train) * len(progress.history)
-    baseline_check = check_against_baselines(
-        logits.argmax(axis=1),
-        labels,
-        [s.label for s in data.splits["train"]],
-        class_names,
-        likely_causes=_likely_causes(config, progress, steps),
-    )
+    likely_causes = _likely_causes(config, progress, steps)
+    if config.task == "multilabel":
+        test, calibration, baseline_check = _evaluate_multilabel(
+            model, data, loaders, compute, logits, labels, likely_causes
+        )
+    else:
+        test = classification_metrics(logits, labels, class_names)
+        calibration = calibrate(*predict(model, loaders.val, device, precision), logits, labels)
+        baseline_check = check_against_baselines(
+            logits.argmax(axis=1),
+            labels,
+            [s.label for s in data.splits["train"]],
+            class_names,
+            likely_causes=likely_causes,
+        )
     seconds = time.perf_counter() - started
     metric_name = config.train.early_stopping_metric
     scalars = _write_test_report(
         run, test, class_names, progress, metric_name, seconds, device, precision, baseline_check, calibration
     )
+    if "map" in test:
+        log.info(
+            "test: mAP %.4f, micro F1 %.4f, macro F1 %.4f, subset accuracy %.4f, Hamming loss %.4f "
+            "(per-label thresholds tuned on val)",
+            test["map"],
+            test["f1_micro"],
+            test["f1_macro"],
+            test["subset_accuracy"],
+            test["hamming_loss"],
+        )
     log.info(
         "test: accuracy %.4f, macro F1 %.4f on %d images (best epoch %d, %s weights, %.1fs)",
         test["accuracy"],
@@ -369,7 +445,9 @@ def _test_and_report(
         progress.best_weights,
         seconds,
     )
-    if calibration["temperature"] is None:
+    if calibration["method"] != "temperature scaling":
+        log.info("thresholds: %s", ", ".join(f"{k} {v:.3f}" for k, v in test["thresholds"].items()))
+    elif calibration["temperature"] is None:
         log.info(
             "calibration: no temperature fitted (%s); scores stay softmax(logits)", calibration["skipped"]
         )
@@ -383,6 +461,41 @@ def _test_and_report(
     if baseline_check.warning:
         log.warning("WARNING: %s (recorded in %s)", baseline_check.warning, run.metrics_json)
     return TrainResult(run.path, scalars, progress.best_epoch, seconds, baseline_check)
+
+
+def _evaluate_multilabel(
+    model: torch.nn.Module,
+    data: Data,
+    loaders: Loaders,
+    compute: Compute,
+    logits: np.ndarray,
+    targets: np.ndarray,
+    likely_causes: list[str],
+) -> tuple[dict, dict, BaselineCheck]:
+    """Thresholds tuned on validation, the test metrics at them, and the check against always
+    answering the most frequent training label set."""
+    val_logits, val_targets = predict(model, loaders.val, compute.device, compute.precision)
+    thresholds = tune_thresholds(expit(val_logits.astype(np.float64)), val_targets)
+    scores = expit(logits.astype(np.float64))
+    test = multilabel_metrics(scores, targets, data.class_names, thresholds)
+    test["thresholds"] = {
+        name: round(float(t), 6) for name, t in zip(data.class_names, thresholds, strict=True)
+    }
+    calibration = {
+        "method": "per-label thresholds",
+        "temperature": None,
+        "skipped": "multilabel: each label keeps its sigmoid score; decisions use the thresholds tuned on val",
+        "fitted_on": "val",
+        "val_images": len(val_targets),
+    }
+    train_matrix = label_matrix(data.splits["train"], len(data.class_names))
+    (train_ids, test_ids, predicted_ids), set_names = label_set_ids(
+        data.class_names, train_matrix, targets, predict_sets(scores, thresholds)
+    )
+    baseline_check = check_against_baselines(
+        predicted_ids, test_ids, train_ids.tolist(), set_names, likely_causes=likely_causes
+    )
+    return test, calibration, baseline_check
 
 
 def _write_test_report(
@@ -399,9 +512,11 @@ def _write_test_report(
 ) -> dict[str, float]:
     scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
     summary = {
+        "task": "multilabel" if "thresholds" in test else "multiclass",
         "test": scalars,
         "per_class": test["per_class"],
-        "confusion_matrix": test["confusion_matrix"],
+        **({"thresholds": test["thresholds"]} if "thresholds" in test else {}),
+        **({"confusion_matrix": test["confusion_matrix"]} if "confusion_matrix" in test else {}),
         "best_epoch": progress.best_epoch,
         "best_val": {metric_name: progress.best_value},
         "best_weights": progress.best_weights,
@@ -415,7 +530,8 @@ def _write_test_report(
     }
     run.metrics_json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     write_per_class_csv(run.per_class_csv, test)
-    plot_confusion_matrix(run.confusion_png, test["confusion_matrix"], class_names)
+    if "confusion_matrix" in test:  # multilabel runs have a per-label table instead
+        plot_confusion_matrix(run.confusion_png, test["confusion_matrix"], class_names)
     plot_curves(run.curves_png, progress.history)
     return scalars
 

@@ -72,6 +72,7 @@ def load_explainer(bundle_dir: Path, manifest: Manifest | None = None, *, device
         labels=manifest.labels,
         preprocess=manifest.preprocess,
         temperature=manifest.temperature,
+        multilabel=manifest.task == "multilabel",
     )
     # what the model supports and the bundle was exported with (older bundles list only gradcam)
     explainer.methods = tuple(m for m in explainer.methods if m in spec.methods)

@@ -74,12 +74,14 @@ class Explainer:
         labels: Sequence[str],
         preprocess: PreprocessSpec,
         temperature: float | None = None,
+        multilabel: bool = False,
     ) -> None:
         self.model = model.eval()
         self.target = target
         self.labels = tuple(labels)
         self.preprocess = preprocess
         self.temperature = temperature
+        self.multilabel = multilabel  # scores are each label's sigmoid, as the service serves them
         self._transform = eval_transform(preprocess)
         self._layer = model.get_submodule(target.layer)
         self._reshape = tokens_to_grid(target)
@@ -125,6 +127,8 @@ class Explainer:
         return self.methods[0]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        if self.multilabel:
+            return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))
         scaled = logits.astype(np.float64) / (self.temperature or 1.0)
         exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)

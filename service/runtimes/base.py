@@ -12,7 +12,7 @@ import numpy as np
 
 from imgcls.formats import RuntimeName
 
-__all__ = ["Runtime", "softmax", "warm_up"]
+__all__ = ["Runtime", "sigmoid", "softmax", "warm_up"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -21,8 +21,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    # the tanh form never overflows, whatever the logit
+    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
+
+
 class Runtime(ABC):
-    """``infer(float32 [N, C, H, W]) -> float32 [N, classes]`` probabilities, temperature-scaled."""
+    """``infer(float32 [N, C, H, W]) -> float32 [N, classes]`` scores: softmax probabilities,
+    temperature-scaled, or for a multilabel bundle each label's sigmoid."""
 
     name: RuntimeName
     device: str
@@ -31,6 +37,14 @@ class Runtime(ABC):
     accepts_device_tensors: bool = False  # infer_tensor takes a batch on its device without a host copy
     # The bundle's calibration: probabilities are softmax(logits / temperature) (choose_runtime sets it).
     temperature: float = 1.0
+    # A multilabel bundle's scores are sigmoid(logits), one per label (choose_runtime sets it).
+    multilabel: bool = False
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Host logits to the scores ``infer`` returns."""
+        if self.multilabel:
+            return sigmoid(logits)
+        return softmax(logits if self.temperature == 1.0 else logits / np.float32(self.temperature))
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray: ...

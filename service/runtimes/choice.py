@@ -133,6 +133,7 @@ def choose_runtime(
             )
             continue
         runtime.temperature = manifest.temperature or 1.0
+        runtime.multilabel = manifest.task == "multilabel"
         return runtime
     raise RuntimeUnavailableError(
         f"no runtime can serve {manifest.name} v{manifest.version} on {device}: " + "; ".join(reasons)

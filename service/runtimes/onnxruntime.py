@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import RuntimeUnavailableError
-from service.runtimes.base import Runtime, softmax
+from service.runtimes.base import Runtime
 
 __all__ = ["OnnxRuntime"]
 
@@ -44,4 +44,4 @@ class OnnxRuntime(Runtime):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         logits = self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return softmax(logits if self.temperature == 1.0 else logits / np.float32(self.temperature))
+        return self.scores(logits)

@@ -64,8 +64,8 @@ class _CudaStaging:
             return self._probabilities(forward, batch)
 
     def _probabilities(self, forward, device_batch) -> np.ndarray:
-        """On this stream: forward, softmax, one copy back into pinned memory, one wait."""
-        probabilities = self._torch.softmax(forward(device_batch).float(), dim=1)
+        """On this stream: forward (to scores), one copy back into pinned memory, one wait."""
+        probabilities = forward(device_batch)
         self._outputs = self._pinned(self._outputs, tuple(probabilities.shape))
         host_out = self._outputs[: len(device_batch)]
         host_out.copy_(probabilities, non_blocking=True)
@@ -119,23 +119,26 @@ class TorchScriptRuntime(Runtime):
                 logits = self._module(inputs)
         else:
             logits = self._module(inputs)
-        # every path (host, pinned staging, device tensors) takes its softmax of what this returns
-        return logits if self.temperature == 1.0 else logits.float() / self.temperature
+        # every path (host, pinned staging, device tensors) returns these scores
+        if self.multilabel:
+            return torch.sigmoid(logits.float())
+        return torch.softmax(
+            logits.float() if self.temperature == 1.0 else logits.float() / self.temperature, dim=1
+        )
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             if self._staging is not None:
                 return self._staging.run(self._forward, batch)
-            logits = self._forward(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            return torch.softmax(logits.float(), dim=1).numpy()
+            return self._forward(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
 
     def infer_tensor(self, batch) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             if self._staging is not None:
                 return self._staging.run_on_device(self._forward, batch)
-            return torch.softmax(self._forward(batch).float(), dim=1).numpy()
+            return self._forward(batch).numpy()
 
     def choose_memory_format(self, batch: np.ndarray, mode: str) -> str | None:
         """channels-last input lets cuDNN pick its NHWC kernels, usually faster for FP16 convolutions

@@ -231,10 +231,16 @@ async function predictOnly(item) {
 
 function showPrediction(item, answer, latencyMs) {
   const p = item.parts;
-  p.summary.textContent = `${answer.label} (${(answer.score * 100).toFixed(1)} %), ${latencyMs.toFixed(0)} ms`;
+  // a multilabel model answers every label above its threshold ("labels"), possibly none
+  const present = answer.labels ? new Set(answer.labels.map((entry) => entry.label)) : null;
+  const decided = present
+    ? `labels: ${answer.labels.map((entry) => entry.label).join(", ") || "none"}`
+    : `${answer.label} (${(answer.score * 100).toFixed(1)} %)`;
+  p.summary.textContent = `${decided}, ${latencyMs.toFixed(0)} ms`;
   const rows = answer.top_k.map((entry) => {
     const row = document.createElement("li");
     row.title = `explain "${entry.label}"`;
+    if (present && present.has(entry.label)) row.className = "present";
     const name = document.createElement("span");
     name.className = "label";
     name.textContent = entry.label;

@@ -35,6 +35,7 @@ def test_models_are_listed_and_described(client):
                 "version": "1",
                 "ready": True,
                 "labels": ["class_0", "class_1", "class_2"],
+                "task": "multiclass",
                 "explain": {"available": True, "methods": ["gradcam"], "state": "idle"},
             }
         ],

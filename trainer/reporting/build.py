@@ -38,6 +38,7 @@ from trainer.reporting.classical import logistic_regression_baseline
 from trainer.reporting.compare import compare_runs
 from trainer.reporting.gallery import confused_pair_strips, mistakes_gallery
 from trainer.reporting.model_card import card_markdown
+from trainer.reporting.multilabel import multilabel_report
 from trainer.reporting.page import render_page
 from trainer.reporting.predictions import ModelUnderReview, decode_crops, logits_of
 from trainer.reporting.robustness import robustness_table
@@ -99,7 +100,8 @@ def _eval_samples(
 ) -> tuple[str, list[Sample], dict[str, list[str]], str]:
     """(what is evaluated, its samples, its CSV attributes, the data source)."""
     if options.data is not None:
-        source = discover(Path(options.data))
+        multilabel = config.task == "multilabel"
+        source = discover(Path(options.data), multilabel=multilabel)
         unknown = [name for name in source.class_names if name not in labels]
         if unknown:
             raise DataError(
@@ -107,7 +109,12 @@ def _eval_samples(
                 f"{' ...' if len(labels) > 10 else ''}); evaluate on data labelled with the model's classes"
             )
         index = {name: labels.index(name) for name in source.class_names}
-        samples = [Sample(s.path, index[source.class_names[s.label]]) for s in source.all_samples()]
+        samples = [
+            Sample(s.path, s.label, None, tuple(sorted(index[source.class_names[i]] for i in s.labels)))
+            if multilabel and s.labels is not None
+            else Sample(s.path, index[source.class_names[s.label]])
+            for s in source.all_samples()
+        ]
         attributes = _csv_attributes(Path(options.data), samples) if Path(options.data).is_file() else {}
         return str(options.data), samples, attributes, str(options.data)
     splits = run.read_splits(labels)
@@ -178,6 +185,22 @@ def _other_report(path: Path) -> dict:
     )
 
 
+def _thresholds(run: RunDir, labels: list[str], bundle: Path | None) -> np.ndarray:
+    """A multilabel model's per-label thresholds: the bundle's, else the run's (metrics.json)."""
+    if bundle is not None:
+        from imgcls.manifest import load_manifest
+
+        manifest = load_manifest(bundle)
+        if manifest.thresholds is not None:
+            return np.asarray(manifest.thresholds)
+    recorded = json.loads(run.metrics_json.read_text(encoding="utf-8")).get("thresholds") or {}
+    if any(label not in recorded for label in labels):
+        raise ConfigError(
+            f"{run.metrics_json}: no per-label thresholds; the run did not finish its evaluation"
+        )
+    return np.array([recorded[label] for label in labels])
+
+
 def write_report(run_path: Path, options: ReportOptions = ReportOptions()) -> Path:
     """Write the report of the run at ``run_path``; returns the path of its ``index.html``."""
     timer = _Timer()
@@ -197,10 +220,25 @@ def write_report(run_path: Path, options: ReportOptions = ReportOptions()) -> Pa
     split_name, samples, attributes, source = _eval_samples(run, config, labels, options)
     reviewed = _model_under_review(run, config, labels, options.bundle)
     model = reviewed.model.cpu().eval()
-    y = np.array([s.label for s in samples])
     crops = decode_crops(samples, spec, what=f"decode {split_name}")
     logits = logits_of(model, crops, spec)
     started = timer.step("predict", started)
+    if config.task == "multilabel":
+        return multilabel_report(
+            out=out,
+            samples=samples,
+            logits=logits,
+            labels=labels,
+            thresholds=_thresholds(run, labels, options.bundle),
+            evaluated=split_name,
+            model=reviewed.described_as,
+            run_path=run.path,
+            config_digest=config_digest(config),
+            rounds=options.bootstrap_rounds,
+            seed=options.seed,
+            mistakes=options.mistakes,
+        )
+    y = np.array([s.label for s in samples])
 
     temperature, fitted_on = reviewed.temperature, "val"
     if temperature is None:
