@@ -337,8 +337,8 @@ class Manifest(_Strict):
     @field_validator("labels")
     @classmethod
     def _valid_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) < 2:
-            raise ValueError(f"a classifier needs at least 2 labels, got {list(value)}")
+        if not value:  # at least 2 for multiclass: checked with the task below
+            raise ValueError("a classifier needs labels, got none")
         if len(set(value)) != len(value):
             raise ValueError("labels must be unique")
         return value
@@ -363,6 +363,8 @@ class Manifest(_Strict):
             raise ValueError(
                 "thresholds are for task: multilabel; a multiclass bundle predicts the top score"
             )
+        elif len(self.labels) < 2:
+            raise ValueError(f"a classifier needs at least 2 labels, got {list(self.labels)}")
         paths = [a.path for a in self.artifacts] + ([self.explain.weights] if self.explain else [])
         if len(set(paths)) != len(paths):
             raise ValueError(f"artifact paths must be unique, got {paths}")

@@ -65,7 +65,7 @@ def _trust(manifest: Manifest) -> dict[str, str | float]:
     if manifest.thresholds is not None:
         # multilabel: probabilities are each label's sigmoid, a label predicted at its threshold
         # (OIP parameters hold scalars: the thresholds in label order, comma-separated)
-        parameters["thresholds"] = ",".join(f"{t:.6g}" for t in manifest.thresholds)
+        parameters["thresholds"] = ",".join(repr(float(t)) for t in manifest.thresholds)  # exact
     else:
         # the scores are softmax(logits / temperature): calibrated on the run's validation split
         parameters["temperature"] = manifest.temperature or 1.0

@@ -20,8 +20,10 @@ import numpy as np
 from scipy.stats import binomtest
 
 from imgcls.manifest import BaselineCheck
+from trainer.checkpoint import Progress
+from trainer.config import RunConfig
 
-__all__ = ["MAX_P_VALUE", "MIN_SKILL", "check_against_baselines"]
+__all__ = ["MAX_P_VALUE", "MIN_SKILL", "check_against_baselines", "likely_causes_of_chance"]
 
 MIN_SKILL = 0.1
 MAX_P_VALUE = 0.01
@@ -34,9 +36,11 @@ def check_against_baselines(
     class_names: Sequence[str],
     *,
     likely_causes: Sequence[str] = (),
+    unit: str = "class",
 ) -> BaselineCheck:
     """Compare test ``predictions`` (class indices) with the baselines; ``likely_causes`` go into
-    the warning, most likely first."""
+    the warning, most likely first. ``unit`` names what a class is in the warning (multilabel runs
+    pass their label sets as classes: ``label set``)."""
     samples = len(labels)
     correct = int((predictions == labels).sum())
     accuracy = correct / samples if samples else 0.0
@@ -54,11 +58,11 @@ def check_against_baselines(
             causes.insert(
                 0, f"a test split of {samples} images is too small to tell; add data or test_fraction"
             )
-        causes.append("labels that do not match the images, or too few images per class")
+        causes.append(f"labels that do not match the images, or too few images per {unit}")
         warning = (
             f"the model is not clearly better than a model that learned nothing: test accuracy "
             f"{accuracy:.4f} on {samples} images, against {majority_accuracy:.4f} for always answering "
-            f"{class_names[majority]!r} (the most frequent training class) and {uniform_accuracy:.4f} for "
+            f"{class_names[majority]!r} (the most frequent training {unit}) and {uniform_accuracy:.4f} for "
             f"guessing (skill {skill:.2f}, needs {MIN_SKILL}; p = {p_value:.2g}, needs < {MAX_P_VALUE}). "
             "Likely causes: " + " ".join(f"({n}) {cause};" for n, cause in enumerate(causes, 1)).rstrip(";")
         )
@@ -73,3 +77,29 @@ def check_against_baselines(
         passed=passed,
         warning=warning,
     )
+
+
+def likely_causes_of_chance(config: RunConfig, progress: Progress, steps: int) -> list[str]:
+    """What most often makes a run end at chance, judged from this run, most likely first."""
+    cfg_train = config.train
+    causes = []
+    last = progress.history[-1] if progress.history else {}
+    if progress.best_weights == "ema":
+        causes.append(
+            f"the averaged weights kept (train.ema_decay={cfg_train.ema_decay}) lag after {steps} optimiser "
+            "steps; lower train.ema_decay or set it to null"
+        )
+    if steps < 100:
+        causes.append(f"only {steps} optimiser steps in all; raise train.epochs or lower train.batch_size")
+    train_accuracy = last.get("train_accuracy")
+    if train_accuracy is not None and train_accuracy >= 0.9:
+        causes.append(
+            f"training accuracy reached {train_accuracy:.2f}: the model memorises the training split "
+            "(more data, stronger augment.preset, model.drop_rate) or the splits differ"
+        )
+    else:
+        causes.append(
+            f"the learning rate (optim.lr={config.optim.lr}) is too high or too low for this model; "
+            "try 3x and 1/3 of it"
+        )
+    return causes

@@ -6,7 +6,7 @@ split; the other folds are split into train and val by ``data.val_fraction`` (gr
 ``imgcls train``'s recipe runs on them unchanged through ``data.split_file``. One folder holds it all::
 
     <out>/plan.json        what was cross-validated: the recipe's digest, K, the seed, the data
-    <out>/folds.csv        path,label,fold[,group]: the assignment, written once
+    <out>/folds.csv        path,label (multilabel: labels),fold[,group]: the assignment, written once
     <out>/fold-<k>/        a complete run directory (config, split.csv, metrics.json, checkpoints)
     <out>/cv.json, cv.md   per-fold test metrics, mean ± sd and a 95 % interval
 
@@ -154,7 +154,7 @@ def cross_validate(
         )
     seed = config.data.split_seed if config.data.split_seed is not None else config.train.seed
     out_dir = Path(out_dir)
-    _check_plan(out_dir, config, num_folds, seed)
+    plan = _check_plan(out_dir, config, num_folds, seed)
     multilabel = config.task == "multilabel"
     source = discover(config.data.path, config.data.format, config.data.group_column, multilabel=multilabel)
     good, bad = scan_images(s.path for s in source.all_samples())
@@ -168,6 +168,9 @@ def cross_validate(
     if source.given_splits:
         log.info("%s has train/val/test folders: cross-validation pools them", source.root)
     samples = sorted(s for s in source.all_samples() if s.path in good)
+    if plan is not None:  # a new folder: the plan is fixed once the data is found and readable
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "plan.json").write_text(json.dumps(plan, indent=1) + "\n", encoding="utf-8")
     folds = _load_or_assign_folds(out_dir, samples, num_folds, seed, source.class_names, source.root)
 
     rows: list[dict] = []
@@ -193,7 +196,8 @@ def cross_validate(
 # --- the plan and the fold assignment, fixed the first time a folder is used ---
 
 
-def _check_plan(out_dir: Path, config: RunConfig, num_folds: int, seed: int) -> None:
+def _check_plan(out_dir: Path, config: RunConfig, num_folds: int, seed: int) -> dict | None:
+    """None when ``out_dir`` holds this same plan; the plan to write when it is a new folder."""
     plan = {
         "config_digest": config_digest(config),
         "folds": num_folds,
@@ -209,11 +213,10 @@ def _check_plan(out_dir: Path, config: RunConfig, num_folds: int, seed: int) -> 
                 f"{out_dir}: cross-validated before with a different {', '.join(changed)}; results would mix. "
                 "Pass another --out, or delete that folder to start over"
             )
-        return
+        return None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: exists and is not a cross-validation folder; pass another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan, indent=1) + "\n", encoding="utf-8")
+    return plan
 
 
 def _load_or_assign_folds(
@@ -232,9 +235,11 @@ def _load_or_assign_folds(
         return [recorded[key] for key in keys]
     folds = assign_folds(samples, num_folds, seed, class_names)
     grouped = any(s.group is not None for s in samples)
+    multilabel = any(s.labels is not None for s in samples)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "fold"] + (["group"] if grouped else []))
+        label_column = "labels" if multilabel else "label"  # as in split.csv
+        writer.writerow(["path", label_column, "fold"] + (["group"] if grouped else []))
         for sample, fold in zip(samples, folds, strict=True):
             label = LABEL_SEPARATOR.join(class_names[i] for i in sample.label_indices())
             row = [_relative(sample.path, root), label, fold + 1]
@@ -291,7 +296,9 @@ def _train_fold(
 def _fold_row(run: RunDir, fold: int) -> dict:
     summary = json.loads(run.metrics_json.read_text(encoding="utf-8"))
     report = json.loads(run.data_report.read_text(encoding="utf-8"))
-    sizes = {name: sum(counts.values()) for name, counts in report["class_counts"].items()}
+    sizes = report.get("split_sizes") or {  # runs before split_sizes: single-label, one class per image
+        name: sum(counts.values()) for name, counts in report["class_counts"].items()
+    }
     test = summary["test"]
     row = {
         "fold": fold,

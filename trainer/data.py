@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ __all__ = [
     "label_matrix",
     "scan_images",
 ]
+
+log = logging.getLogger("imgcls.data")
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -156,6 +159,7 @@ def _read_csv(
     base = csv_path.parent
     missing_paths: list[tuple[int, str]] = []
     entries: dict[Path, tuple[list[str], str | None, int]] = {}  # path -> labels, group, first line
+    merged_rows = 0
     for row, line in rows:
         if not row["path"] or (not row["label"] and not multilabel):
             raise DataError(f"{csv_path}: line {line}: empty path or label; every row needs both")
@@ -183,6 +187,7 @@ def _read_csv(
                     f"on line {first_line}; an image has one group"
                 )
             known.extend(label for label in labels if label not in known)
+            merged_rows += 1
             continue
         entries[path] = (labels, group, line)
     if missing_paths:
@@ -192,6 +197,8 @@ def _read_csv(
             f"{csv_path}: line {line}: {first!r} does not exist{more}; paths are relative to the CSV's folder "
             f"({base}); fix or remove those rows"
         )
+    if merged_rows:  # one image listed twice must not count twice (nor sit in two splits)
+        log.info("%s: %d row(s) repeat an image listed before; merged into it", csv_path, merged_rows)
     names = sorted({label for labels, _, _ in entries.values() for label in labels})
     index = {name: i for i, name in enumerate(names)}
     if multilabel:
@@ -226,12 +233,13 @@ def _merge_copies(samples: list[Sample]) -> list[Sample]:
     )
 
 
-def _check_classes(where: Path, class_names: Sequence[str]) -> None:
-    if len(class_names) < 2:
+def _check_classes(where: Path, class_names: Sequence[str], multilabel: bool = False) -> None:
+    if multilabel and not class_names:  # one label is a detector: present or not, each its own sigmoid
+        raise DataError(f"{where}: no labels at all; a multilabel image lists its labels ;-separated")
+    if not multilabel and len(class_names) < 2:
         found = f"only {class_names[0]!r}" if class_names else "none"
-        raise DataError(
-            f"{where}: a classifier needs at least 2 classes, found {found}; add a folder per class"
-        )
+        fix = "give every row one of at least 2 labels" if where.is_file() else "add a folder per class"
+        raise DataError(f"{where}: a classifier needs at least 2 classes, found {found}; {fix}")
 
 
 def discover(
@@ -260,7 +268,7 @@ def discover(
         if not path.is_file():
             raise DataError(f"{path}: data.format is csv but this is not a file; pass the CSV file itself")
         names, samples = _read_csv(path, group_column, multilabel)
-        _check_classes(path, names)
+        _check_classes(path, names, multilabel)
         return DataSource(root=path.parent, class_names=names, samples=samples, multilabel=multilabel)
     if not path.is_dir():
         raise DataError(

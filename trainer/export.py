@@ -216,6 +216,9 @@ def _final_dir(model_dir: Path, version: int | None, force: bool) -> Path:
 
 
 def _parity_failure(fmt: str, precision: str, parity: ParityResult) -> ExportError:
+    label_sets = parity.agreement_on == "label_set"  # multilabel: whole label sets, sigmoid scores
+    decision = "label set at the bundle's thresholds" if label_sets else "top-1 class"
+    scores = "sigmoid" if label_sets else "softmax"
     if parity.min_top1_agreement is not None:
         if fmt == "onnx-int8":
             fix = (
@@ -227,15 +230,16 @@ def _parity_failure(fmt: str, precision: str, parity: ParityResult) -> ExportErr
         else:
             fix = "calibrate on more images (--calib-images), or try --precision fp16"
         return ExportError(
-            f"{fmt} ({precision}) artifact agrees with the eager model's top-1 class on "
+            f"{fmt} ({precision}) artifact agrees with the eager model's {decision} on "
             f"{parity.top1_agreement:.2%} of {parity.samples} held-out images, below the "
             f"{parity.min_top1_agreement:.0%} required; nothing was written. To fix: {fix}; or serve the "
             "full-precision artifacts"
         )
     return ExportError(
         f"{fmt} artifact disagrees with the eager model on {parity.samples} images: "
-        f"max |softmax diff| {parity.max_abs_diff:.2e} (tolerance {parity.tolerance:.0e}), "
-        f"top-1 agreement {parity.top1_agreement:.4f}; nothing was written. Check the model for "
+        f"max |{scores} diff| {parity.max_abs_diff:.2e} (tolerance {parity.tolerance:.0e}), "
+        f"{'label-set' if label_sets else 'top-1'} agreement {parity.top1_agreement:.4f}; nothing was written. "
+        "Check the model for "
         "data-dependent control flow, or raise export.parity_tolerance if the difference is expected"
     )
 

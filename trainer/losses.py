@@ -25,6 +25,8 @@ from torch.utils.data import WeightedRandomSampler
 
 from imgcls.errors import ConfigError
 
+_FOCUS_FLOOR = 1e-12  # (1e-12) ** gamma is 0 for any loss that matters, with a finite slope
+
 __all__ = [
     "FocalLoss",
     "MultilabelLoss",
@@ -79,7 +81,8 @@ class FocalLoss(nn.Module):
             target = F.one_hot(target.long(), classes).to(log_p.dtype)
         if self.label_smoothing:
             target = target * (1.0 - self.label_smoothing) + self.label_smoothing / classes
-        focus = (1.0 - log_p.exp()).clamp(min=0.0).pow(self.gamma)
+        # clamped above 0: x ** gamma has an infinite slope at 0 for gamma < 1 (NaN gradients once p saturates)
+        focus = (1.0 - log_p.exp()).clamp(min=_FOCUS_FLOOR).pow(self.gamma)
         per_class = -target * focus * log_p
         if self.weight is not None:
             per_class = per_class * self.weight.to(per_class.device)
@@ -125,15 +128,18 @@ class MultilabelLoss(nn.Module):
         if self.kind == "focal":
             p_t = p * target + (1 - p) * (1 - target)
             positive = target * log_p * (pos_weight if pos_weight is not None else 1.0)
-            per_label = -(positive + (1 - target) * log_not_p) * (1 - p_t).pow(self.gamma)
+            per_label = -(positive + (1 - target) * log_not_p) * (1 - p_t).clamp(min=_FOCUS_FLOOR).pow(
+                self.gamma
+            )
             return per_label.mean()
         shifted = (p - self.clip).clamp(min=0) if self.clip > 0 else p
         # log(1 - p_m) from the shifted probability; clamped so a fully confident negative costs 0, not -inf
         log_not_shifted = torch.log((1 - shifted).clamp(min=1e-8)) if self.clip > 0 else log_not_p
-        positive = target * (1 - p).pow(self.gamma_pos) * log_p
+        # the focusing bases are floored above 0 for the same reason as the focal loss's
+        positive = target * (1 - p).clamp(min=_FOCUS_FLOOR).pow(self.gamma_pos) * log_p
         if pos_weight is not None:
             positive = positive * pos_weight
-        negative = (1 - target) * shifted.pow(self.gamma_neg) * log_not_shifted
+        negative = (1 - target) * shifted.clamp(min=_FOCUS_FLOOR).pow(self.gamma_neg) * log_not_shifted
         return -(positive + negative).mean()
 
 
@@ -144,8 +150,9 @@ def label_pos_weight(positives: np.ndarray, num_images: int) -> torch.Tensor:
     if (positives <= 0).any():
         missing = [int(i) for i in np.flatnonzero(positives <= 0)]
         raise ConfigError(
-            f"optim.class_weights=inverse_frequency: labels {missing} have no positive training images; "
-            "weights need every label"
+            f"optim.class_weights=inverse_frequency: labels {missing} (indices into labels.json) have no "
+            "positive training images, so they have no weight; add images with them, or set "
+            "optim.class_weights=none"
         )
     return torch.tensor((num_images - positives) / positives, dtype=torch.float32)
 

@@ -6,7 +6,8 @@ each label's to maximise its F1 there, and travel with the bundle (``manifest.th
 with no positive validation image keeps 0.5.
 
 Metrics, as scikit-learn defines them: mean average precision over the labels with positives (mAP,
-threshold-free), micro and macro F1, per-label precision/recall/F1/AP, subset accuracy (the whole
+threshold-free), micro and macro F1 (macro means over the labels with positives, like mAP),
+per-label precision/recall/F1/AP, subset accuracy (the whole
 label set right; what ``accuracy_score`` means for multilabel data, and what ``accuracy`` means in a
 multilabel run's metrics) and Hamming loss (the share of wrong label decisions).
 """
@@ -26,8 +27,12 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from imgcls.manifest import BaselineCheck
+from trainer.baselines import check_against_baselines
+
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "evaluate_multilabel",
     "label_set_ids",
     "mean_average_precision",
     "multilabel_metrics",
@@ -72,6 +77,13 @@ def tune_thresholds(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return thresholds
 
 
+def _macro(per_label: np.ndarray, targets: np.ndarray) -> float:
+    """The mean over the labels with positives in the split, as mAP: a label absent from the split has
+    no recall or F1 to speak of (scikit-learn's zero_division would count it as 0)."""
+    present = targets.sum(axis=0) > 0
+    return float(np.mean(np.asarray(per_label)[present])) if present.any() else 0.0
+
+
 def validation_scores(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """The per-epoch validation metrics at threshold 0.5 (thresholds are tuned once, after training):
     loss, accuracy (subset), macro F1, balanced accuracy (mean over labels of (TPR + TNR) / 2), mAP."""
@@ -90,7 +102,7 @@ def validation_scores(logits: np.ndarray, targets: np.ndarray) -> dict[str, floa
     return {
         "loss": float(loss.item()),
         "accuracy": float(accuracy_score(targets, predicted)),
-        "f1_macro": float(f1_score(targets, predicted, average="macro", zero_division=0)),
+        "f1_macro": _macro(f1_score(targets, predicted, average=None, zero_division=0), targets),
         "balanced_accuracy": float(np.nanmean(balanced)) if np.isfinite(balanced).any() else 0.0,
         "map": mean_average_precision(scores, targets),
     }
@@ -119,9 +131,9 @@ def multilabel_metrics(
         "precision_micro": float(micro[0]),
         "recall_micro": float(micro[1]),
         "f1_micro": float(micro[2]),
-        "precision_macro": float(np.mean(precision)),
-        "recall_macro": float(np.mean(recall)),
-        "f1_macro": float(np.mean(f1)),
+        "precision_macro": _macro(precision, targets),
+        "recall_macro": _macro(recall, targets),
+        "f1_macro": _macro(f1, targets),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -144,3 +156,42 @@ def label_set_ids(class_names: Sequence[str], *matrices: np.ndarray) -> tuple[li
     for matrix in matrices:
         ids.append(np.array([names.setdefault(tuple(np.flatnonzero(row)), len(names)) for row in matrix]))
     return ids, [";".join(class_names[i] for i in key) if key else "(none)" for key in names]
+
+
+def evaluate_multilabel(
+    val_logits: np.ndarray,
+    val_targets: np.ndarray,
+    logits: np.ndarray,
+    targets: np.ndarray,
+    class_names: Sequence[str],
+    train_matrix: np.ndarray,
+    likely_causes: Sequence[str] = (),
+) -> tuple[dict, dict, BaselineCheck]:
+    """A finished multilabel run's test results: thresholds tuned on the validation logits, the test
+    metrics at them (with ``thresholds``), the ``calibration`` section that says why there is no
+    temperature, and the check against always answering the most frequent training label set."""
+    thresholds = tune_thresholds(expit(val_logits.astype(np.float64)), val_targets)
+    scores = expit(logits.astype(np.float64))
+    test = multilabel_metrics(scores, targets, class_names, thresholds)
+    test["thresholds"] = {name: float(t) for name, t in zip(class_names, thresholds, strict=True)}
+    calibration = {
+        "method": "per-label thresholds",
+        "temperature": None,
+        "skipped": "multilabel: each label keeps its sigmoid score; decisions use the thresholds tuned on val",
+        "fitted_on": "val",
+        "val_images": len(val_targets),
+    }
+    (train_ids, test_ids, predicted_ids), set_names = label_set_ids(
+        class_names, train_matrix, targets, predict_sets(scores, thresholds)
+    )
+    # guessing draws from the label sets that really occur, not from the ones the model invented
+    observed = int(max(train_ids.max(initial=0), test_ids.max(initial=0))) + 1
+    baseline_check = check_against_baselines(
+        predicted_ids,
+        test_ids,
+        train_ids.tolist(),
+        set_names[:observed],
+        likely_causes=likely_causes,
+        unit="label set",
+    )
+    return test, calibration, baseline_check

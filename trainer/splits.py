@@ -102,10 +102,14 @@ def group_split(
     fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     active = [name for name in SPLIT_NAMES if fractions[name] > 0]
     if len(by_group) < len(active):
+        grouped = any(s.group is not None for s in samples)
+        what, fix = (
+            ("group(s)", "Add groups, or drop data.group_column") if grouped else ("image(s)", "Add images")
+        )
         raise DataError(
-            f"{where}: {len(by_group)} group(s) cannot fill the {len(active)} splits {', '.join(active)}: a "
-            "group never spans two splits. Add groups, set data.val_fraction or data.test_fraction to 0 and "
-            "provide that split elsewhere, or drop data.group_column"
+            f"{where}: {len(by_group)} {what} cannot fill the {len(active)} splits {', '.join(active)}"
+            f"{': a group never spans two splits' if grouped else ''}. {fix}, or set data.val_fraction or "
+            "data.test_fraction to 0 and provide that split elsewhere"
         )
     # per-class counts plus one column for the images themselves, so that images with none of the
     # labels (multilabel) are spread by the fractions too
@@ -247,13 +251,24 @@ def write_split_file(path: Path, splits: Splits, class_names: list[str], root: P
                 writer.writerow(row + ([sample.group] if grouped else []))
 
 
-def read_split_file(path: Path, class_names: list[str], root: Path) -> Splits:
-    """Read a ``split.csv`` back (``--resume``, ``imgcls export``, and ``data.split_file``)."""
+def read_split_file(path: Path, class_names: list[str], root: Path, multilabel: bool | None = None) -> Splits:
+    """Read a ``split.csv`` back (``--resume``, ``imgcls export``, and ``data.split_file``); with
+    ``multilabel`` given, refuse a file written for the other task."""
     index = {name: i for i, name in enumerate(class_names)}
     splits: Splits = {name: [] for name in SPLIT_NAMES}
     try:
         with Path(path).open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
+            reader = csv.DictReader(handle)
+            written_multilabel = "labels" in (reader.fieldnames or [])
+            if multilabel is not None and written_multilabel != multilabel:
+                theirs, ours = (
+                    ("multilabel", "multiclass") if written_multilabel else ("multiclass", "multilabel")
+                )
+                raise DataError(
+                    f"{path}: a split of a {theirs} run (column {'labels' if written_multilabel else 'label'}), "
+                    f"and this run has task: {ours}; reuse a split.csv of a {ours} run, or drop data.split_file"
+                )
+            for row in reader:
                 group = row.get("group") or None
                 if "labels" in row:
                     names = [n for n in row["labels"].split(LABEL_SEPARATOR) if n]

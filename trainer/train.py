@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 from imgcls.errors import ConfigError, DataError
 from imgcls.manifest import BaselineCheck, PreprocessSpec
 from imgcls.preprocess import eval_transform
-from trainer.baselines import check_against_baselines
+from trainer.baselines import check_against_baselines, likely_causes_of_chance
 from trainer.calibrate import calibrate
 from trainer.checkpoint import Progress, load_training_state
 from trainer.config import RunConfig
@@ -35,7 +34,7 @@ from trainer.engine import MixedPrecision, predict
 from trainer.fit import Compute, Loaders, TrainingState, fit
 from trainer.losses import balanced_sampler, build_criterion, class_counts
 from trainer.models import BuiltModel, create_model
-from trainer.multilabel import label_set_ids, multilabel_metrics, predict_sets, tune_thresholds
+from trainer.multilabel import evaluate_multilabel
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.report import classification_metrics, plot_confusion_matrix, plot_curves, write_per_class_csv
 from trainer.rundir import RunDir, git_sha
@@ -193,8 +192,11 @@ def prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
             if source.given_splits
             else "grouped"
             if data.group_column
+            else "stratified_multilabel"
+            if source.multilabel
             else "stratified"
         ),
+        "split_sizes": {name: len(part) for name, part in splits.items()},
         "class_counts": split_counts(splits, source.class_names),
         "warnings": split_warnings(splits, source.class_names, data.group_share_warning),
     }
@@ -214,7 +216,7 @@ def prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
 
 def _reuse_split(split_file: Path, source: DataSource, usable: set[Path]) -> Splits:
     """The split another run used (its split.csv), checked against the data found now."""
-    splits = read_split_file(split_file, source.class_names, source.root)
+    splits = read_split_file(split_file, source.class_names, source.root, multilabel=source.multilabel)
     listed = {s.path for part in splits.values() for s in part}
     missing = sorted(listed - usable)
     if missing:
@@ -406,7 +408,7 @@ def _test_and_report(
     model.load_state_dict(best["model"])
     logits, labels = predict(model, loaders.test, device, precision)
     steps = len(loaders.train) * len(progress.history)
-    likely_causes = _likely_causes(config, progress, steps)
+    likely_causes = likely_causes_of_chance(config, progress, steps)
     if config.task == "multilabel":
         test, calibration, baseline_check = _evaluate_multilabel(
             model, data, loaders, compute, logits, labels, likely_causes
@@ -472,30 +474,11 @@ def _evaluate_multilabel(
     targets: np.ndarray,
     likely_causes: list[str],
 ) -> tuple[dict, dict, BaselineCheck]:
-    """Thresholds tuned on validation, the test metrics at them, and the check against always
-    answering the most frequent training label set."""
     val_logits, val_targets = predict(model, loaders.val, compute.device, compute.precision)
-    thresholds = tune_thresholds(expit(val_logits.astype(np.float64)), val_targets)
-    scores = expit(logits.astype(np.float64))
-    test = multilabel_metrics(scores, targets, data.class_names, thresholds)
-    test["thresholds"] = {
-        name: round(float(t), 6) for name, t in zip(data.class_names, thresholds, strict=True)
-    }
-    calibration = {
-        "method": "per-label thresholds",
-        "temperature": None,
-        "skipped": "multilabel: each label keeps its sigmoid score; decisions use the thresholds tuned on val",
-        "fitted_on": "val",
-        "val_images": len(val_targets),
-    }
     train_matrix = label_matrix(data.splits["train"], len(data.class_names))
-    (train_ids, test_ids, predicted_ids), set_names = label_set_ids(
-        data.class_names, train_matrix, targets, predict_sets(scores, thresholds)
+    return evaluate_multilabel(
+        val_logits, val_targets, logits, targets, data.class_names, train_matrix, likely_causes
     )
-    baseline_check = check_against_baselines(
-        predicted_ids, test_ids, train_ids.tolist(), set_names, likely_causes=likely_causes
-    )
-    return test, calibration, baseline_check
 
 
 def _write_test_report(
@@ -534,29 +517,3 @@ def _write_test_report(
         plot_confusion_matrix(run.confusion_png, test["confusion_matrix"], class_names)
     plot_curves(run.curves_png, progress.history)
     return scalars
-
-
-def _likely_causes(config: RunConfig, progress: Progress, steps: int) -> list[str]:
-    """What most often makes a run end at chance, judged from this run, most likely first."""
-    cfg_train = config.train
-    causes = []
-    last = progress.history[-1] if progress.history else {}
-    if progress.best_weights == "ema":
-        causes.append(
-            f"the averaged weights kept (train.ema_decay={cfg_train.ema_decay}) lag after {steps} optimiser "
-            "steps; lower train.ema_decay or set it to null"
-        )
-    if steps < 100:
-        causes.append(f"only {steps} optimiser steps in all; raise train.epochs or lower train.batch_size")
-    train_accuracy = last.get("train_accuracy")
-    if train_accuracy is not None and train_accuracy >= 0.9:
-        causes.append(
-            f"training accuracy reached {train_accuracy:.2f}: the model memorises the training split "
-            "(more data, stronger augment.preset, model.drop_rate) or the splits differ"
-        )
-    else:
-        causes.append(
-            f"the learning rate (optim.lr={config.optim.lr}) is too high or too low for this model; "
-            "try 3x and 1/3 of it"
-        )
-    return causes

@@ -6,7 +6,7 @@
 - ``choice``: which runtime serves a bundle on this device (``choose_runtime``).
 """
 
-from service.runtimes.base import Runtime, softmax, warm_up
+from service.runtimes.base import Runtime, sigmoid, softmax, warm_up
 from service.runtimes.choice import build_runtime, candidates, choose_runtime, resolve_device
 from service.runtimes.onnxruntime import OnnxRuntime
 from service.runtimes.torchscript import TensorRTRuntime, TorchScriptRuntime
@@ -20,6 +20,7 @@ __all__ = [
     "candidates",
     "choose_runtime",
     "resolve_device",
+    "sigmoid",
     "softmax",
     "warm_up",
 ]

@@ -65,7 +65,7 @@ MISTYPED = [
     (
         ["data", "digit"],
         "Usage: imgcls data [OPTIONS] COMMAND [ARGS]...",
-        "Error: No such command 'digit'. Did you mean 'digits'?",
+        "Error: No such command 'digit'. Did you mean 'digits', 'digit-grid'?",
     ),
     (["evaluate"], "Usage: imgcls evaluate [OPTIONS]", "Error: Missing option '--bundle'."),
     (["serve", "--port", "http"], "Usage: imgcls serve [OPTIONS]", "Error: Invalid value for '--port': "),
@@ -109,9 +109,9 @@ def test_the_commands_own_usage_errors_get_the_usage_too(args: list[str], usage:
 @pytest.mark.parametrize(
     ("args", "commands"),
     [
-        ([], ["train", "export", "evaluate", "serve", "predict", "models", "data", "bench"]),
+        ([], ["train", "cv", "lr-find", "export", "evaluate", "serve", "predict", "models", "data", "bench"]),
         (["bench"], ["load", "runtimes", "batching", "compare", "pipeline"]),
-        (["data"], ["digits"]),
+        (["data"], ["digits", "digit-grid"]),
     ],
     ids=["imgcls", "imgcls bench", "imgcls data"],
 )

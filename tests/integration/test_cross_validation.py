@@ -115,3 +115,23 @@ def test_cv_command_prints_mean_sd_and_interval(tmp_path, make_imagefolder):
     assert result.exit_code == 0, result.output
     assert "accuracy: " in result.output and "95 % interval" in result.output
     assert f"results: {tmp_path / 'cv' / 'cv.md'}" in result.output
+
+
+def test_cv_on_multilabel_data_counts_images_and_summarises_map(tmp_path, tiny_config):
+    root = tmp_path / "tags"
+    rows = []
+    for index in range(24):
+        labels = [name for k, name in enumerate(("a", "b", "c")) if (index >> k) & 1]
+        make_image(root / f"{index:03d}.png", index % 3, index)
+        rows.append((f"{index:03d}.png", ";".join(labels)))
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    config = tiny_config(root / "labels.csv", "task=multilabel", "train.epochs=1")
+    result = cross_validate(config, num_folds=2, out_dir=tmp_path / "cv")
+    for row in result.folds:  # images, not label occurrences
+        assert row["train_images"] + row["val_images"] + row["test_images"] == 24
+    assert "map" in result.summary and "recall_macro" not in result.summary
+    with (tmp_path / "cv" / "folds.csv").open(newline="") as handle:
+        assert next(csv.reader(handle)) == ["path", "labels", "fold"]

@@ -179,7 +179,10 @@ def test_asymmetric_clip_makes_very_easy_negatives_free_and_keeps_positives():
 
 def test_pos_weight_is_negatives_over_positives_and_needs_every_label():
     assert label_pos_weight(np.array([10, 25]), 100).tolist() == [9.0, 3.0]
-    with pytest.raises(ConfigError, match="labels \\[1\\] have no positive training images"):
+    with pytest.raises(
+        ConfigError,
+        match=r"labels \[1\] \(indices into labels.json\) have no positive training images.*optim.class_weights=none",
+    ):
         label_pos_weight(np.array([10, 0]), 100)
 
 
@@ -288,3 +291,68 @@ def test_multilabel_config_defaults_to_bce_and_map_and_refuses_single_label_opti
         load_config(None, ["task=multilabel", "optim.loss=cross_entropy", "train.sampler=class_balanced"])
     with pytest.raises(ConfigError, match=r"optim.loss=bce scores each label on its own"):
         load_config(None, ["optim.loss=bce"])
+
+
+# --- edges found in review ---
+
+
+def test_macro_averages_skip_labels_absent_from_the_split():
+    targets = np.array([[1, 0], [0, 0], [1, 0]])
+    scores = targets * 0.9 + 0.05
+    metrics = multilabel_metrics(scores, targets, ["a", "b"], np.array([0.5, 0.5]))
+    assert metrics["f1_macro"] == metrics["precision_macro"] == metrics["recall_macro"] == 1.0
+    assert validation_scores(np.where(targets == 1, 5.0, -5.0), targets)["f1_macro"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        MultilabelLoss("focal", gamma=0.5),
+        MultilabelLoss("asymmetric", gamma_neg=0.5, gamma_pos=0.5, clip=0.0),
+        MultilabelLoss("asymmetric", gamma_neg=0.5, gamma_pos=0.5, clip=0.05),
+    ],
+)
+def test_focusing_exponents_below_one_keep_gradients_finite_on_saturated_logits(loss):
+    logits = torch.tensor([[-100.0, 100.0, 3.0]], requires_grad=True)
+    loss(logits, torch.tensor([[0.0, 1.0, 1.0]])).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_single_label_focal_loss_keeps_gradients_finite_when_saturated():
+    from trainer.losses import FocalLoss
+
+    logits = torch.tensor([[100.0, -100.0]], requires_grad=True)
+    FocalLoss(gamma=0.5)(logits, torch.tensor([0])).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_a_split_file_of_the_other_task_is_refused_with_the_fix(tmp_path: Path):
+    samples = [Sample(tmp_path / f"{i}.png", MULTILABEL, labels=(i % 2,)) for i in range(8)]
+    splits = group_split(samples, ["cat", "dog"], 0.25, 0.25, seed=0)
+    write_split_file(tmp_path / "split.csv", splits, ["cat", "dog"], tmp_path)
+    with pytest.raises(DataError, match=r"a split of a multilabel run .* this run has task: multiclass"):
+        read_split_file(tmp_path / "split.csv", ["cat", "dog"], tmp_path, multilabel=False)
+    assert read_split_file(tmp_path / "split.csv", ["cat", "dog"], tmp_path, multilabel=True)["train"]
+
+
+def test_one_label_is_enough_for_multilabel_data_but_not_for_single_label(tmp_path: Path):
+    _touch(tmp_path, "a.png", "b.png")
+    (tmp_path / "data.csv").write_text("path,label\na.png,defect\nb.png,\n")
+    assert discover(tmp_path / "data.csv", multilabel=True).class_names == ["defect"]
+    (tmp_path / "one.csv").write_text("path,label\na.png,defect\nb.png,defect\n")
+    with pytest.raises(
+        DataError, match="needs at least 2 classes, found only 'defect'; give every row one of"
+    ):
+        discover(tmp_path / "one.csv")
+
+
+def test_the_baseline_guesses_among_observed_label_sets_only():
+    from trainer.multilabel import evaluate_multilabel
+
+    train = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+    targets = np.array([[1, 0], [0, 1]] * 20)
+    logits = np.where(targets == 1, 4.0, -4.0)
+    logits[0] = [4.0, 4.0]  # one prediction of a set never seen: {a, b}
+    _, calibration, check = evaluate_multilabel(logits, targets, logits, targets, ["a", "b"], train)
+    assert check.uniform_accuracy == 0.5  # two observed sets, not three
+    assert calibration["temperature"] is None

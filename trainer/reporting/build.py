@@ -208,6 +208,18 @@ def write_report(run_path: Path, options: ReportOptions = ReportOptions()) -> Pa
     run = RunDir(Path(run_path))
     other = _other_report(Path(options.compare)) if options.compare is not None else None
     config = run.read_config()
+    if other is not None and (other.get("task", "multiclass") == "multilabel") != (
+        config.task == "multilabel"
+    ):
+        raise ConfigError(
+            f"--compare {options.compare}: a report of a {other.get('task', 'multiclass')} run, and {run.path} is "
+            f"{config.task}; compare runs of the same task"
+        )
+    if other is not None and config.task == "multilabel":
+        raise ConfigError(
+            f"--compare: the multilabel report has no comparison yet; put the two runs' {run.path.name}/report/"
+            "model_card.md (or metrics.json summaries) side by side"
+        )
     labels = run.read_labels()
     spec = preprocess_spec(config.preprocess)
     out = Path(options.out) if options.out is not None else run.path / "report"

@@ -7,8 +7,9 @@ F1, average precision, threshold, support), the most frequent label combinations
 the predictions, and the images with the most wrong label decisions. ``index.html`` opens from
 disk; ``metrics.json`` holds the same data (``task: multilabel``); ``model_card.md`` summarises it.
 
-Calibration, corruption robustness and the Grad-CAM gallery of the single-label report are not
-computed for multilabel runs: the page says so instead of showing single-label numbers.
+Calibration, corruption robustness, the Grad-CAM gallery, subgroups and ``--compare`` of the
+single-label report are not computed for multilabel runs: the page says so instead of showing
+single-label numbers.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def multilabel_report(
             }
             for i in worst
         ],
-        "not_computed": "calibration, corruption robustness and the Grad-CAM gallery are single-label sections",
+        "not_computed": "calibration, corruption robustness, the Grad-CAM gallery, subgroups and the comparison "
+        "with another run are single-label sections",
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
