@@ -256,3 +256,51 @@ def test_the_postgresql_example_runs_a_cloudnativepg_cluster_and_reads_its_app_s
     source = _env(server_container(docs), "IMGCLS_FEEDBACK_DB_URL")["valueFrom"]["secretKeyRef"]
     # CloudNativePG writes the owner's credentials to <cluster>-app, a libpq URI under "uri"
     assert source == {"name": "imgcls-feedback-app", "key": "uri", "optional": False}
+
+
+BULK = yaml.safe_load((K8S / "examples" / "bulk-predict-job.yaml").read_text())
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_bulk_prediction_job_validates_strictly(version, tmp_path):
+    result = _validate([BULK], version, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_bulk_prediction_job_runs_one_shard_per_index_on_the_server_s_image_and_volume(rendered):
+    docs = rendered["overlays/cpu"]
+    spec = BULK["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "predict" and args[args.index("--shard") + 1] == str(spec["completions"])
+    assert "$(JOB_COMPLETION_INDEX)" in args[args.index("--out") + 1]  # one output part per shard
+    assert any(e["name"] == "JOB_COMPLETION_INDEX" for e in container["env"])  # so that it expands in args
+    assert container["image"] == server_container(docs)["image"]
+    assert (
+        pod["securityContext"]
+        == find(docs, "Deployment", "imgcls")["spec"]["template"]["spec"]["securityContext"]
+    )
+    models = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
+    assert (
+        models["claimName"] == find(docs, "PersistentVolumeClaim")["metadata"]["name"] and models["readOnly"]
+    )
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+
+
+def test_the_bulk_prediction_job_s_arguments_parse_as_an_imgcls_command():
+    from typer.main import get_command
+
+    from imgcls.cli import app
+
+    args = [
+        a.replace("$(JOB_COMPLETION_INDEX)", "0")
+        for a in BULK["spec"]["template"]["spec"]["containers"][0]["args"]
+    ]
+    command = get_command(app)
+    context = command.make_context("imgcls", list(args), resilient_parsing=True)
+    name, sub, rest = command.resolve_command(context, list(args))
+    assert name == "predict"
+    sub.make_context("predict", rest)  # raises on an unknown option
