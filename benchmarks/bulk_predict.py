@@ -23,6 +23,7 @@ from pathlib import Path
 from benchmarks.ceiling import measure_ceiling
 from benchmarks.images import synthetic_jpegs
 from benchmarks.machine import machine, result_folder
+from benchmarks.report import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,9 +81,6 @@ def main() -> int:
         "bulk_mean_images_per_s": round(mean, 1),
         "share_of_ceiling": round(mean / best["images_per_s"], 3),
     }
-    folder_out = result_folder(args.out, f"bulk-predict-{args.model}")
-    folder_out.mkdir(parents=True, exist_ok=True)
-    (folder_out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = [
         f"# {record['benchmark']}",
         "",
@@ -101,9 +99,7 @@ def main() -> int:
         f"| **bulk mean, share of the ceiling** | **{mean:.1f} ({100 * record['share_of_ceiling']:.0f} %)** |",
         "",
     ]
-    (folder_out / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {folder_out}")
+    write_record(result_folder(args.out, f"bulk-predict-{args.model}"), record, lines)
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import machine, result_folder
+from benchmarks.report import write_record
 from benchmarks.train_digits import SVM_C, SVM_GAMMA, _pixels, svm_grid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,9 +109,6 @@ def main() -> int:
         "summary": summary,
         "folds": folds,
     }
-    folder = result_folder(args.out, args.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
     def cell(stats: dict) -> str:
         return f"**{stats['mean']:.4f} ± {stats['sd']:.4f}**"
@@ -145,9 +143,7 @@ def main() -> int:
         f"{interval(summary['svm_default_accuracy'])} | {interval(summary['svm_tuned_accuracy'])} |",
         "",
     ]
-    (folder / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {folder}")
+    write_record(result_folder(args.out, args.name), result, lines)
     return 0
 
 

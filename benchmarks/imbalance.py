@@ -19,13 +19,14 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.machine import machine, result_folder
+from benchmarks.recipes import train_recipe
+from benchmarks.report import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 RARE = ("3", "5", "8")  # the classes cut down: 3, 5 and 8 are the ones digits confuses most
@@ -81,22 +82,7 @@ def imbalanced_copy(digits: Path, out: Path, seed: int, keep: float) -> dict[str
 
 
 def run_option(data: Path, runs: Path, name: str, overrides: list[str], seed: int) -> dict:
-    from trainer.config import load_config
-    from trainer.train import train
-
-    config = load_config(
-        ROOT / "configs" / "digits.yaml",
-        [
-            f"data.path={data}",
-            f"runs_dir={runs}",
-            f"run_name=seed{seed}-{abs(hash(name)) % 10**8}",
-            f"train.seed={seed}",
-            "export.enabled=false",
-            *overrides,
-        ],
-    )
-    started = time.perf_counter()
-    result = train(config)
+    result, seconds = train_recipe("digits.yaml", data, runs, name, seed, overrides)
     with (result.run_dir / "per_class.csv").open(newline="") as handle:
         per_class = {row["class"]: row for row in csv.DictReader(handle)}
     metrics = result.test_metrics
@@ -107,7 +93,7 @@ def run_option(data: Path, runs: Path, name: str, overrides: list[str], seed: in
         "accuracy": float(metrics["accuracy"]),
         "rare_recall": float(np.mean([float(per_class[c]["recall"]) for c in RARE])),
         "rare_recall_min": float(min(float(per_class[c]["recall"]) for c in RARE)),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds,
     }
 
 
@@ -170,9 +156,6 @@ def main() -> int:
         "summary": summary,
         "runs": rows,
     }
-    folder = result_folder(args.out, "imbalance")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     rare_counts = ", ".join(
         f"seed {seed}: " + "/".join(str(c[r]) for r in RARE) + f" of ~{int(np.median(list(c.values())))}"
         for seed, c in counts.items()
@@ -194,9 +177,7 @@ def main() -> int:
         ),
         "",
     ]
-    (folder / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {folder}")
+    write_record(result_folder(args.out, "imbalance"), result, lines)
     return 0
 
 

@@ -17,11 +17,12 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 from benchmarks.machine import machine, result_folder
+from benchmarks.recipes import train_recipe
+from benchmarks.report import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = {
@@ -34,28 +35,9 @@ METRICS = ("map", "f1_micro", "f1_macro", "subset_accuracy", "hamming_loss")
 
 
 def run_option(data: Path, runs: Path, name: str, overrides: list[str], seed: int) -> dict:
-    from trainer.config import load_config
-    from trainer.train import train
-
-    config = load_config(
-        ROOT / "configs" / "digit_grid.yaml",
-        [
-            f"data.path={data}",
-            f"runs_dir={runs}",
-            f"run_name=seed{seed}-{abs(hash(name)) % 10**8}",
-            f"train.seed={seed}",
-            "export.enabled=false",
-            *overrides,
-        ],
-    )
-    started = time.perf_counter()
-    metrics = train(config).test_metrics
-    return {
-        "option": name,
-        "seed": seed,
-        **{key: float(metrics[key]) for key in METRICS},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    result, seconds = train_recipe("digit_grid.yaml", data, runs, name, seed, overrides)
+    metrics = result.test_metrics
+    return {"option": name, "seed": seed, **{key: float(metrics[key]) for key in METRICS}, "seconds": seconds}
 
 
 def main() -> int:
@@ -94,9 +76,6 @@ def main() -> int:
         "summary": summary,
         "runs": runs,
     }
-    folder = result_folder(args.out, args.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
     def spread(name: str, key: str) -> str:
         values = [r[key] for r in runs if r["option"] == name]
@@ -121,9 +100,7 @@ def main() -> int:
         ),
         "",
     ]
-    (folder / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {folder}")
+    write_record(result_folder(args.out, args.name), result, lines)
     return 0
 
 

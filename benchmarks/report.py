@@ -15,6 +15,7 @@ __all__ = [
     "machine_line",
     "plotting_available",
     "saved_figure",
+    "write_record",
     "write_table_report",
 ]
 
@@ -66,6 +67,17 @@ def machine_line(document: dict) -> str:
     return (
         f"{m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}, Python {m['python']}, {document['date']}"
     )
+
+
+def write_record(folder: Path, document: dict, lines: list[str]) -> Path:
+    """A benchmark's record: ``document`` to results.json, ``lines`` to results.md (and to the
+    terminal); returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(document, indent=1) + "\n")
+    (folder / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {folder}")
+    return folder
 
 
 def _cell(value) -> str:

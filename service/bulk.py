@@ -21,8 +21,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from imgcls.errors import ConfigError
 from imgcls.manifest import Manifest, load_manifest, verify_artifacts
+from service.decisions import labels_above, top_k_indices
 from service.errors import BadInputError
 from service.preprocess import Preprocessor, init_decode_thread
 from service.runtimes import choose_runtime
@@ -139,20 +141,15 @@ def output_format(out: Path, fmt: str | None) -> str:
 
 
 def _rows_for(paths: Sequence[Path], scores: np.ndarray, manifest: Manifest, top_k: int) -> Iterator[dict]:
+    """The rows of decoded images, ranked and decided as the v1 route answers them."""
     thresholds = np.asarray(manifest.thresholds) if manifest.thresholds is not None else None
     labels = manifest.labels
-    k = min(top_k, len(labels))
-    for path, row in zip(paths, scores, strict=True):
-        order = np.argsort(-row, kind="stable")[:k]
-        chosen = None
-        if thresholds is not None:
-            above = np.flatnonzero(row >= thresholds)
-            chosen = [labels[i] for i in above[np.argsort(-row[above], kind="stable")]]
+    for path, row, order in zip(paths, scores, top_k_indices(scores, min(top_k, len(labels))), strict=True):
         yield {
             "path": str(path),
             "label": labels[order[0]],
             "score": float(row[order[0]]),
-            "labels": chosen,
+            "labels": None if thresholds is None else [labels[i] for i in labels_above(row, thresholds)],
             "top_k": [{"label": labels[i], "score": float(row[i])} for i in order],
             "error": None,
         }
@@ -274,8 +271,6 @@ def predict_bulk(
     progress: Callable[[int], None] | None = None,
 ) -> BulkResult:
     """Predict every input not yet in ``out`` and append its row; see the module docstring."""
-    import time
-
     fmt = output_format(out, fmt)
     manifest = load_manifest(bundle)
     verify_artifacts(bundle, manifest)
@@ -313,18 +308,17 @@ def predict_bulk(
             decode_threads, thread_name_prefix="decode", initializer=init_decode_thread
         ) as pool:
             batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-            pending: list[Future] | None = [pool.submit(load, p) for p in batches[0]] if batches else None
-            for number, batch in enumerate(batches):
-                decoded = [f.result() for f in pending or []]
-                # decode the next batch while this one infers
-                pending = (
-                    [pool.submit(load, p) for p in batches[number + 1]] if number + 1 < len(batches) else None
-                )
+            submitted = ([pool.submit(load, p) for p in batch] for batch in batches)  # lazily, one ahead
+            ahead = next(submitted, None)
+            for batch in batches:
+                current, ahead = ahead, next(submitted, None)  # the next batch decodes while this one infers
+                decoded = [future.result() for future in current]
                 good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
-                scores = chosen.infer(np.stack([decoded[i] for i in good])) if good else np.empty((0, 0))
-                predicted = dict(
-                    zip(good, _rows_for([batch[i] for i in good], scores, manifest, top_k), strict=True)
-                )
+                predicted = {}
+                if good:
+                    scores = chosen.infer(np.stack([decoded[i] for i in good]))
+                    rows_of_good = _rows_for([batch[i] for i in good], scores, manifest, top_k)
+                    predicted = dict(zip(good, rows_of_good, strict=True))
                 rows = [predicted.get(i) or _error_row(batch[i], str(decoded[i])) for i in range(len(batch))]
                 writer.write(rows)
                 written += len(rows)

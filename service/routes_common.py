@@ -8,9 +8,9 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import numpy as np
 from fastapi import Request
 
+from service.decisions import top_k_indices  # re-exported: the routes rank with it
 from service.errors import (
     BadInputError,
     ClientDisconnectedError,
@@ -31,19 +31,6 @@ __all__ = [
 log = logging.getLogger("imgcls.routes")
 
 T = TypeVar("T")
-
-
-def top_k_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
-    """Per row of ``[N, classes]``, the indices of the ``k`` largest, largest first, ties to the lower
-    index: exactly ``argsort(-p, kind="stable")[:, :k]``, without sorting all classes on the event loop."""
-    if 4 * k >= probabilities.shape[1]:
-        return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    out = np.empty((len(probabilities), k), dtype=np.intp)
-    for row, values in enumerate(probabilities):
-        kth = np.partition(values, -k)[-k]
-        candidates = np.flatnonzero(values >= kth)  # every tie at the boundary, in index order
-        out[row] = candidates[np.argsort(-values[candidates], kind="stable")[:k]]
-    return out
 
 
 def registry(request: Request) -> ModelRegistry:

@@ -14,10 +14,11 @@ import binascii
 import numpy as np
 from fastapi import APIRouter, Request
 
+from service.decisions import labels_above, top_k_indices
 from service.errors import BadInputError, UnsupportedMediaTypeError
 from service.explaining import ExplainedImage, encode_b64
 from service.jsonlimits import load_json
-from service.routes_common import parse_body, registry, top_k_indices, until_disconnect
+from service.routes_common import parse_body, registry, until_disconnect
 from service.v2_codec import decode_base64
 from service.worker import ModelWorker
 
@@ -34,16 +35,16 @@ def predictions(worker: ModelWorker, probabilities: np.ndarray, k: int) -> list[
     thresholds = np.asarray(manifest.thresholds) if manifest.thresholds is not None else None
     out = []
     for row, order in zip(probabilities, top_k_indices(probabilities, k), strict=True):
-        ranked = [{"label": labels[i], "index": int(i), "score": float(row[i])} for i in order]
+        ranked = _entries(labels, row, order)
         prediction = {**ranked[0], "top_k": ranked}
         if thresholds is not None:
-            chosen = np.flatnonzero(row >= thresholds)
-            chosen = chosen[np.argsort(-row[chosen], kind="stable")]
-            prediction["labels"] = [
-                {"label": labels[i], "index": int(i), "score": float(row[i])} for i in chosen
-            ]
+            prediction["labels"] = _entries(labels, row, labels_above(row, thresholds))
         out.append(prediction)
     return out
+
+
+def _entries(labels: tuple[str, ...], row: np.ndarray, indices: np.ndarray) -> list[dict]:
+    return [{"label": labels[i], "index": int(i), "score": float(row[i])} for i in indices]
 
 
 def _parse_top_k(parameters: object, num_classes: int) -> int:

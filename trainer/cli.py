@@ -21,6 +21,21 @@ app = typer.Typer()
 data_app = typer.Typer(help="Write the embedded datasets to disk.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+# The options train, cv and lr-find share: the same recipe, overridden the same way.
+_CONFIG_HELP = "YAML training config (see configs/)."
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help=_CONFIG_HELP)]
+RequiredConfigOption = Annotated[Path, typer.Option("--config", "-c", help=_CONFIG_HELP)]
+OverridesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="SECTION.FIELD=VALUE",
+        help="Override any config field (repeatable), e.g. optim.lr=0.01.",
+    ),
+]
+DataOption = Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")]
+
 
 @data_app.command("digits")
 def data_digits(
@@ -106,19 +121,9 @@ def models(
 
 @app.command()
 def train(
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML training config (see configs/).")
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            "-s",
-            metavar="SECTION.FIELD=VALUE",
-            help="Override any config field (repeatable), e.g. optim.lr=0.01.",
-        ),
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")] = None,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+    data: DataOption = None,
     run_name: Annotated[str | None, typer.Option(help="Run folder name under runs_dir (run_name).")] = None,
     model: Annotated[str | None, typer.Option(help="Architecture (model.name); see `imgcls models`.")] = None,
     weights: Annotated[
@@ -209,20 +214,10 @@ def train(
 
 @app.command()
 def cv(
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML training config (see configs/).")
-    ] = None,
+    config: ConfigOption = None,
     folds: Annotated[int, typer.Option("--folds", "-k", min=2, help="Number of folds (K).")] = 5,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            "-s",
-            metavar="SECTION.FIELD=VALUE",
-            help="Override any config field (repeatable), e.g. train.epochs=10.",
-        ),
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")] = None,
+    overrides: OverridesOption = None,
+    data: DataOption = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -420,17 +415,9 @@ def report(
 
 @app.command("lr-find")
 def lr_find(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML training config (see configs/).")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            "-s",
-            metavar="SECTION.FIELD=VALUE",
-            help="Override any config field (repeatable), e.g. train.batch_size=128.",
-        ),
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="Image folder or CSV (data.path).")] = None,
+    config: RequiredConfigOption,
+    overrides: OverridesOption = None,
+    data: DataOption = None,
     start_lr: Annotated[float, typer.Option(help="The sweep's first learning rate.")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="The sweep's last learning rate.")] = 10.0,
     steps: Annotated[

@@ -31,10 +31,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from imgcls.errors import ConfigError, DataError
 from trainer.config import RunConfig, config_digest
-from trainer.data import LABEL_SEPARATOR, DataSource, Sample, discover, label_matrix, scan_images
+from trainer.data import LABEL_SEPARATOR, DataSource, Sample, label_matrix
 from trainer.rundir import RunDir
 from trainer.splits import Splits, split_samples, write_split_file
-from trainer.train import train
+from trainer.train import scan_data, train
 
 __all__ = [
     "CV_METRICS",
@@ -155,14 +155,7 @@ def cross_validate(
     seed = config.data.split_seed if config.data.split_seed is not None else config.train.seed
     out_dir = Path(out_dir)
     plan = _check_plan(out_dir, config, num_folds, seed)
-    multilabel = config.task == "multilabel"
-    source = discover(config.data.path, config.data.format, config.data.group_column, multilabel=multilabel)
-    good, bad = scan_images(s.path for s in source.all_samples())
-    if bad and config.data.strict:
-        raise DataError(
-            f"{len(bad)} unreadable file(s) and data.strict is set (first: {bad[0].path}: {bad[0].reason}); "
-            "fix or remove them, or drop --strict to skip them"
-        )
+    source, good, bad = scan_data(config)
     if bad:
         log.warning("skipping %d unreadable file(s), first %s (%s)", len(bad), bad[0].path, bad[0].reason)
     if source.given_splits:

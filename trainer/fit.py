@@ -27,7 +27,7 @@ from trainer.engine import MixedPrecision, evaluate, train_one_epoch
 from trainer.optim import set_backbone_trainable
 from trainer.rundir import RunDir
 
-__all__ = ["Compute", "Loaders", "TrainingState", "fit"]
+__all__ = ["Compute", "Loaders", "TrainingState", "epoch_seed", "fit"]
 
 log = logging.getLogger("imgcls.train")
 
@@ -80,6 +80,11 @@ class TrainingState:
     progress: Progress
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of the training split's shuffle (and sampler) in ``epoch``: the same on a resume."""
+    return seed * 1000 + epoch
+
+
 def fit(config: RunConfig, state: TrainingState, loaders: Loaders, compute: Compute, run: RunDir) -> None:
     """Train from ``state.progress.epoch`` to ``train.epochs``, or until early stopping."""
     from torch.utils.tensorboard import SummaryWriter
@@ -119,7 +124,9 @@ def _train_and_validate(
     epoch_started = time.perf_counter()
     frozen = epoch < config.model.freeze_backbone_epochs
     set_backbone_trainable(model, state.head_prefixes, not frozen)
-    loaders.shuffle_generator.manual_seed(cfg_train.seed * 1000 + epoch)  # order depends on the epoch alone
+    loaders.shuffle_generator.manual_seed(
+        epoch_seed(cfg_train.seed, epoch)
+    )  # order depends on the epoch alone
     train_stats = train_one_epoch(
         model,
         loaders.train,

@@ -34,7 +34,7 @@ from imgcls.errors import ConfigError, DataError
 from trainer.config import RunConfig
 from trainer.config_edit import format_lr
 from trainer.engine import optimisation_step
-from trainer.fit import Compute, Loaders, TrainingState
+from trainer.fit import Compute, Loaders, TrainingState, epoch_seed
 from trainer.lr_curve import (
     MIN_POINTS,
     StopReason,
@@ -176,7 +176,7 @@ def _too_short(result: Sweep, lrs: np.ndarray, steps: int, first: int, end: int)
 def _batches(loaders: Loaders, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The training batches, pass after pass, each pass shuffled as ``fit`` shuffles that epoch."""
     for repeat in itertools.count():
-        loaders.shuffle_generator.manual_seed(seed * 1000 + repeat)
+        loaders.shuffle_generator.manual_seed(epoch_seed(seed, repeat))
         yield from loaders.train
 
 
@@ -187,8 +187,8 @@ def _step_function(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
 ) -> Callable[[float], float]:
     """One optimisation step at a given rate, as ``engine.train_one_epoch`` takes it (autocast,
-    gradient scaler, channels_last, MixUp/CutMix, clipping), on the next batch. That loop owns its
-    scheduler and iterates a whole loader, so the step is repeated here rather than shared."""
+    channels_last, MixUp/CutMix, then ``engine.optimisation_step``: scaler and clipping), on the next
+    batch. That loop owns its scheduler and iterates a whole loader, so only the step is shared."""
     model, optimizer, criterion, precision = state.model, state.optimizer, state.criterion, compute.precision
     # The scheduler built the groups at lr * warm-up factor; their base rates ("initial_lr") carry the
     # backbone's scale, which each group keeps relative to the head's rate, the one swept.

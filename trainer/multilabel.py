@@ -121,13 +121,14 @@ def multilabel_metrics(
         float(average_precision_score(targets[:, i], scores[:, i])) if targets[:, i].any() else None
         for i in range(len(class_names))
     ]
+    present_ap = [ap for ap in per_label_ap if ap is not None]  # computed once, for the table and mAP
     subset = float(accuracy_score(targets, predicted))
     return {
         "samples": len(targets),
         "accuracy": subset,  # subset accuracy: what accuracy_score means for label sets
         "subset_accuracy": subset,
         "hamming_loss": float(hamming_loss(targets, predicted)),
-        "map": mean_average_precision(scores, targets),
+        "map": float(np.mean(present_ap)) if present_ap else 0.0,  # as mean_average_precision
         "precision_micro": float(micro[0]),
         "recall_micro": float(micro[1]),
         "f1_micro": float(micro[2]),

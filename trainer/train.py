@@ -27,7 +27,7 @@ from trainer.baselines import check_against_baselines, likely_causes_of_chance
 from trainer.calibrate import calibrate
 from trainer.checkpoint import Progress, load_training_state
 from trainer.config import RunConfig
-from trainer.data import DataSource, discover, label_matrix, scan_images
+from trainer.data import BadFile, DataSource, discover, label_matrix, scan_images
 from trainer.datasets import ImageDataset, make_loader
 from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision, predict
@@ -56,6 +56,7 @@ __all__ = [
     "create_run_model",
     "load_data",
     "prepare_data",
+    "scan_data",
     "set_up_compute",
     "train",
     "train_label_counts",
@@ -158,12 +159,12 @@ def load_data(config: RunConfig, resume: Path | None) -> Data:
     return Data(class_names, splits, spec, decoded_bytes)
 
 
-def prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
-    """Find, scan and split the data; raises before anything is written to disk."""
+def scan_data(config: RunConfig) -> tuple[DataSource, dict[Path, tuple[int, int, int]], list[BadFile]]:
+    """Find the data ``config`` names and decode every image once: the source, the usable images with
+    their sizes, and the unreadable ones (an error instead, with ``data.strict``)."""
     data = config.data
     source = discover(data.path, data.format, data.group_column, multilabel=config.task == "multilabel")
-    candidates = source.all_samples()
-    good, bad = scan_images(s.path for s in candidates)
+    good, bad = scan_images(s.path for s in source.all_samples())
     if bad and data.strict:
         listed = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10])
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -171,6 +172,14 @@ def prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
             f"{len(bad)} unreadable file(s) and data.strict is set: {listed}{more}. "
             "Fix or remove them, or drop --strict to skip them"
         )
+    return source, good, bad
+
+
+def prepare_data(config: RunConfig) -> tuple[DataSource, Splits, dict]:
+    """Find, scan and split the data; raises before anything is written to disk."""
+    data = config.data
+    source, good, bad = scan_data(config)
+    candidates = source.all_samples()
     seed = data.split_seed if data.split_seed is not None else config.train.seed
     if data.split_file is not None:
         splits = _reuse_split(data.split_file, source, set(good))
@@ -409,7 +418,8 @@ def _test_and_report(
     logits, labels = predict(model, loaders.test, device, precision)
     steps = len(loaders.train) * len(progress.history)
     likely_causes = likely_causes_of_chance(config, progress, steps)
-    if config.task == "multilabel":
+    multilabel = config.task == "multilabel"
+    if multilabel:
         test, calibration, baseline_check = _evaluate_multilabel(
             model, data, loaders, compute, logits, labels, likely_causes
         )
@@ -426,9 +436,19 @@ def _test_and_report(
     seconds = time.perf_counter() - started
     metric_name = config.train.early_stopping_metric
     scalars = _write_test_report(
-        run, test, class_names, progress, metric_name, seconds, device, precision, baseline_check, calibration
+        run,
+        config.task,
+        test,
+        class_names,
+        progress,
+        metric_name,
+        seconds,
+        device,
+        precision,
+        baseline_check,
+        calibration,
     )
-    if "map" in test:
+    if multilabel:
         log.info(
             "test: mAP %.4f, micro F1 %.4f, macro F1 %.4f, subset accuracy %.4f, Hamming loss %.4f "
             "(per-label thresholds tuned on val)",
@@ -447,7 +467,7 @@ def _test_and_report(
         progress.best_weights,
         seconds,
     )
-    if calibration["method"] != "temperature scaling":
+    if multilabel:
         log.info("thresholds: %s", ", ".join(f"{k} {v:.3f}" for k, v in test["thresholds"].items()))
     elif calibration["temperature"] is None:
         log.info(
@@ -483,6 +503,7 @@ def _evaluate_multilabel(
 
 def _write_test_report(
     run: RunDir,
+    task: str,
     test: dict,
     class_names: list[str],
     progress: Progress,
@@ -495,7 +516,7 @@ def _write_test_report(
 ) -> dict[str, float]:
     scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}
     summary = {
-        "task": "multilabel" if "thresholds" in test else "multiclass",
+        "task": task,
         "test": scalars,
         "per_class": test["per_class"],
         **({"thresholds": test["thresholds"]} if "thresholds" in test else {}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
 
 import pytest
@@ -226,3 +227,12 @@ def test_without_matplotlib_a_report_says_why_it_has_no_figure(monkeypatch):
     monkeypatch.setattr(report.importlib.util, "find_spec", lambda name: None)
     assert not report.plotting_available()
     assert 'pip install "imgcls[train]"' in report.figure_line("soak", "soak.png")
+
+
+def test_a_benchmark_record_is_its_json_and_its_markdown(tmp_path, capsys):
+    from benchmarks.report import write_record
+
+    folder = write_record(tmp_path / "2026-01-01-host-x", {"figure": 1.5}, ["# x", "", "| a |"])
+    assert json.loads((folder / "results.json").read_text()) == {"figure": 1.5}
+    assert (folder / "results.md").read_text() == "# x\n\n| a |"
+    assert f"wrote {folder}" in capsys.readouterr().out
