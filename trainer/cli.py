@@ -121,6 +121,7 @@ def models(
 
 @app.command()
 def train(
+    context: typer.Context,
     config: ConfigOption = None,
     overrides: OverridesOption = None,
     data: DataOption = None,
@@ -145,14 +146,38 @@ def train(
         bool,
         typer.Option("--report/--no-report", help="Write the evaluation report into the run at the end."),
     ] = True,
+    resume_if_exists: Annotated[
+        bool,
+        typer.Option(
+            "--resume-if-exists",
+            help="Continue the run named by --run-name if it has a checkpoint, else start it: for commands "
+            "that are rerun as they are (a restarted pod).",
+        ),
+    ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train in this many data-parallel processes on this machine (torchrun; one per GPU on "
+            "CUDA). train.batch_size stays the global batch.",
+        ),
+    ] = 1,
 ) -> None:
     """Train a classifier on a folder of labelled images, evaluate it on the test split, and export a bundle.
 
     Precedence: config defaults < --config YAML < --set overrides < the named options.
 
     Example: imgcls train --config configs/digits.yaml --set augment.preset=strong --epochs 40
+
+    Several processes: imgcls train --nproc 4 ... or torchrun --nproc-per-node 4 -m imgcls train ...
     """
     require_extra("train", "imgcls train")
+    if nproc > 1:
+        from trainer.launch import relaunch_with_torchrun
+
+        raise typer.Exit(relaunch_with_torchrun(nproc, _without_nproc(context)))
+    if resume is not None and resume_if_exists:
+        raise click.UsageError("--resume names the run to continue; drop --resume-if-exists")
     from trainer.export import export_bundle
     from trainer.rundir import RunDir
     from trainer.train import train as run_training
@@ -180,7 +205,9 @@ def train(
 
         resolved = load_config(config, overrides, values)
     config_name = config.stem if config is not None else "run"
-    result = run_training(resolved, config_name=config_name, resume=resume)
+    result = run_training(resolved, config_name=config_name, resume=resume, resume_if_exists=resume_if_exists)
+    if result is None:  # a rank other than 0 of a distributed run: rank 0 reports, exports and prints
+        return
     accuracy = result.test_metrics["accuracy"]
     samples = result.test_metrics["samples"]
     if "map" in result.test_metrics:  # multilabel: accuracy is the share of whole label sets right
@@ -210,6 +237,26 @@ def train(
             f"{result.run_dir / 'metrics.json'} and above",
             err=True,
         )
+
+
+def _without_nproc(context: typer.Context) -> list[str]:
+    """``imgcls train``'s arguments as given, less --nproc: what each torchrun process runs."""
+    args: list[str] = []
+    for param in context.command.params:
+        value = context.params.get(param.name)
+        if param.name == "nproc" or value is None or value == param.default or not param.opts:
+            continue
+        if param.is_flag:
+            if param.secondary_opts and not value:
+                args.append(param.secondary_opts[0])
+            elif value:
+                args.append(param.opts[0])
+        elif param.multiple:
+            for item in value:
+                args += [param.opts[0], str(item)]
+        else:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 @app.command()

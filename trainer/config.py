@@ -175,6 +175,21 @@ class TrainConfig(_Section):
     early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower on CUDA
     threads: int | None = Field(default=None, ge=1)  # torch intra-op threads on CPU; None: torch's default
+    # Several forward passes per optimizer step: batch_size stays the images per step, each pass takes
+    # batch_size / (processes x grad_accumulation_steps). For a global batch that does not fit in memory.
+    grad_accumulation_steps: int = Field(default=1, ge=1)
+    # With several processes on CUDA: batch norm statistics over the global batch, not each process's share
+    sync_batchnorm: bool = False
+
+
+class DistributedRecord(_Section):
+    """How the run was run: written into its config.yaml by the run, replaced (never read) when
+    a run starts or resumes. ``train.batch_size`` is the global batch whatever the processes."""
+
+    world_size: int = Field(default=1, ge=1)  # training processes (torchrun's WORLD_SIZE)
+    backend: str | None = None  # gloo (CPU) or nccl (CUDA); None for one process
+    micro_batch_size: int = Field(ge=1)  # images per process per forward pass
+    global_batch_size: int = Field(ge=1)  # images per optimizer step, all processes and accumulation steps
 
 
 class ExportConfig(_Section):
@@ -264,6 +279,7 @@ class RunConfig(_Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    distributed: DistributedRecord | None = None  # written by the run (see DistributedRecord)
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> RunConfig:
@@ -373,6 +389,7 @@ RESUMABLE_FIELDS = (
     "train.early_stopping_min_delta",
     "train.device",
     "train.threads",
+    "train.grad_accumulation_steps",
     "data.num_workers",
     "export.",
 )
@@ -392,5 +409,5 @@ def check_resume_overrides(keys: list[str]) -> None:
 def config_digest(config: RunConfig) -> str:
     """sha256 of the training recipe's canonical JSON: not where the run is written, nor how it is
     exported (export options are not part of what was trained)."""
-    payload = config.model_dump(mode="json", exclude={"run_name", "runs_dir", "export"})
+    payload = config.model_dump(mode="json", exclude={"run_name", "runs_dir", "export", "distributed"})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

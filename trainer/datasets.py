@@ -61,6 +61,7 @@ def make_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     sampler: Sampler | None = None,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -71,6 +72,7 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         generator=generator,
+        worker_init_fn=worker_init_fn,
         # Fresh workers each epoch take their seeds from the (per-epoch reseeded) generator, which keeps
         # augmentation repeatable and --resume exact; persistent workers would carry RNG state across epochs.
         persistent_workers=False,

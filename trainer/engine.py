@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from trainer.ema import ModelEma
 
-__all__ = ["MixedPrecision", "evaluate", "optimisation_step", "predict", "train_one_epoch"]
+__all__ = ["MixedPrecision", "apply_gradients", "evaluate", "optimisation_step", "predict", "train_one_epoch"]
 
 
 class MixedPrecision:
@@ -49,6 +49,16 @@ def optimisation_step(
     """Backward through the gradient scaler, clip the unscaled gradients, step, update the scaler."""
     optimizer.zero_grad(set_to_none=True)
     precision.scaler.scale(loss).backward()
+    apply_gradients(model, optimizer, precision, grad_clip_norm)
+
+
+def apply_gradients(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: MixedPrecision,
+    grad_clip_norm: float | None = None,
+) -> None:
+    """Clip the unscaled gradients, step, update the scaler: the second half of an optimisation step."""
     if grad_clip_norm is not None:
         precision.scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
@@ -70,9 +80,16 @@ def train_one_epoch(
     ema: ModelEma | None = None,
     channels_last: bool = False,
     progress: str | None = None,
+    accumulation_steps: int = 1,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean loss and the training accuracy."""
+    """One pass over ``loader``, one optimizer step per ``accumulation_steps`` batches; returns the mean
+    loss, the training accuracy and the images seen.
+
+    ``model`` may be wrapped in DistributedDataParallel: its gradients are averaged over the processes
+    once per step (not on the accumulating batches before it); ``ema`` follows the model inside.
+    """
     model.train()
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     total_loss, correct, seen = 0.0, 0, 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     bar = tqdm(
@@ -83,21 +100,31 @@ def train_one_epoch(
         unit="batch",
         dynamic_ncols=True,
     )
-    for images, targets in bar:
+    optimizer.zero_grad(set_to_none=True)
+    for index, (images, targets) in enumerate(bar):
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
         hard_targets = targets
         if mixer is not None:
             images, targets = mixer(images, targets)
-        with precision.autocast():
-            logits = model(images)
-            loss = criterion(logits, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()}; lower optim.lr or enable optim.grad_clip_norm")
-        optimisation_step(loss, model, optimizer, precision, grad_clip_norm)
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
+        steps_now = (index + 1) % accumulation_steps == 0
+        # DDP averages gradients on every backward unless told not to: only the step's last one syncs
+        accumulating = model.no_sync() if not steps_now and inner is not model else nullcontext()
+        with accumulating:
+            with precision.autocast():
+                logits = model(images)
+                loss = criterion(logits, targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()}; lower optim.lr or enable optim.grad_clip_norm"
+                )
+            precision.scaler.scale(loss / accumulation_steps).backward()
+        if steps_now:
+            apply_gradients(model, optimizer, precision, grad_clip_norm)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if ema is not None:
+                ema.update(inner)
         batch = images.shape[0]
         total_loss += loss.item() * batch
         if hard_targets.ndim == 2:  # multilabel: the whole label set right at 0.5
@@ -106,14 +133,22 @@ def train_one_epoch(
             correct += (logits.argmax(dim=1) == hard_targets).sum().item()
         seen += batch
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen}
+
+
+Gather = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device, precision: MixedPrecision | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: MixedPrecision | None = None,
+    gather: Gather | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (float32, ``[N, classes]``) and labels for every item in ``loader``."""
+    """Logits (float32, ``[N, classes]``) and labels for every item in ``loader``; with ``gather``
+    (several processes, each with its share of the split), for every item of the whole split."""
     model.eval()
     all_logits, all_labels = [], []
     context = precision.autocast() if precision is not None else nullcontext()
@@ -122,17 +157,22 @@ def predict(
             logits = model(images.to(device, non_blocking=True))
         all_logits.append(logits.float().cpu())
         all_labels.append(labels)
-    return torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+    logits, labels = torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy()
+    return gather(logits, labels) if gather is not None else (logits, labels)
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, precision: MixedPrecision | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    precision: MixedPrecision | None = None,
+    gather: Gather | None = None,
 ) -> dict[str, float]:
     """Loss, accuracy, balanced accuracy (mean per-class recall) and macro F1 on ``loader`` (used on
     the validation split every epoch); for multilabel targets :func:`trainer.multilabel.validation_scores`."""
     from sklearn.metrics import f1_score, recall_score
 
-    logits, labels = predict(model, loader, device, precision)
+    logits, labels = predict(model, loader, device, precision, gather)
     if labels.ndim == 2:
         from trainer.multilabel import validation_scores
 

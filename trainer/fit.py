@@ -13,15 +13,18 @@ import csv
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainer.checkpoint import Progress, save_best, save_training_state
+from trainer.checkpoint import Progress, rng_state, save_best, save_training_state
 from trainer.config import RunConfig
+from trainer.distributed import Distributed
 from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision, evaluate, train_one_epoch
 from trainer.optim import set_backbone_trainable
@@ -60,10 +63,19 @@ class Compute:
 
 @dataclass(frozen=True)
 class Loaders:
+    """The three splits' loaders; under torchrun, this rank's share of each."""
+
     train: DataLoader
     val: DataLoader
     test: DataLoader
     shuffle_generator: torch.Generator  # the train loader's; reseeded every epoch
+    grad_accumulation_steps: int = 1  # train loader batches per optimizer step
+    # the whole split's predictions from every rank's share (Distributed.gather_predictions)
+    gather: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+
+    @property
+    def optimizer_steps_per_epoch(self) -> int:
+        return max(1, len(self.train) // self.grad_accumulation_steps)
 
 
 @dataclass
@@ -78,6 +90,11 @@ class TrainingState:
     mixer: Callable | None  # MixUp/CutMix over a batch
     ema: ModelEma | None
     progress: Progress
+    step_model: nn.Module | None = None  # what trains: the model in DistributedDataParallel, or None
+
+    @property
+    def training_model(self) -> nn.Module:
+        return self.step_model if self.step_model is not None else self.model
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -85,38 +102,54 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1000 + epoch
 
 
-def fit(config: RunConfig, state: TrainingState, loaders: Loaders, compute: Compute, run: RunDir) -> None:
-    """Train from ``state.progress.epoch`` to ``train.epochs``, or until early stopping."""
+def fit(
+    config: RunConfig,
+    state: TrainingState,
+    loaders: Loaders,
+    compute: Compute,
+    run: RunDir,
+    dist: Distributed | None = None,
+) -> None:
+    """Train from ``state.progress.epoch`` to ``train.epochs``, or until early stopping.
+
+    Under torchrun every rank runs the epochs and reaches the same decisions from the same gathered
+    validation scores; rank 0 alone writes checkpoints, metrics and TensorBoard.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
-    progress = state.progress
+    progress, dist = state.progress, dist or Distributed()
     purge_step = progress.epoch + 1 if progress.epoch else None
-    with SummaryWriter(str(run.tensorboard), purge_step=purge_step) as writer:
+    writer = SummaryWriter(str(run.tensorboard), purge_step=purge_step) if dist.is_main else None
+    with writer or nullcontext():
         for epoch in range(progress.epoch, config.train.epochs):
-            row, val_stats = _train_and_validate(config, state, loaders, compute, epoch)
+            row, val_stats = _train_and_validate(config, state, loaders, compute, epoch, dist)
             progress.epoch = epoch + 1
             progress.history.append(row)
-            for key, value in row.items():
-                if key not in ("epoch", "kept"):
-                    writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-            improved = _keep_if_best(config, state, run, val_stats, row["kept"], epoch + 1)
-            save_training_state(
-                run.last_checkpoint,
-                state.model,
-                state.optimizer,
-                state.scheduler,
-                compute.precision,
-                state.ema,
-                progress,
-            )
-            _write_metrics_csv(run.metrics_csv, progress.history)
+            improved = _keep_if_best(config, state, run, val_stats, row["kept"], epoch + 1, dist.is_main)
+            rng_by_rank = dist.all_gather(rng_state()) if dist.enabled else None
+            if writer is not None:
+                for key, value in row.items():
+                    if key not in ("epoch", "kept"):
+                        writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+                save_training_state(
+                    run.last_checkpoint,
+                    state.model,
+                    state.optimizer,
+                    state.scheduler,
+                    compute.precision,
+                    state.ema,
+                    progress,
+                    rng_by_rank,
+                )
+                _write_metrics_csv(run.metrics_csv, progress.history)
             _log_epoch(config, row, improved)
             if _patience_ran_out(config, progress):
                 break
+    dist.barrier()  # the best checkpoint is on disk before any rank reads it back
 
 
 def _train_and_validate(
-    config: RunConfig, state: TrainingState, loaders: Loaders, compute: Compute, epoch: int
+    config: RunConfig, state: TrainingState, loaders: Loaders, compute: Compute, epoch: int, dist: Distributed
 ) -> tuple[dict, dict[str, float]]:
     """The epoch's metrics.csv row, and the validation scores of the weights it kept."""
     cfg_train = config.train
@@ -128,7 +161,7 @@ def _train_and_validate(
         epoch_seed(cfg_train.seed, epoch)
     )  # order depends on the epoch alone
     train_stats = train_one_epoch(
-        model,
+        state.training_model,
         loaders.train,
         state.optimizer,
         state.scheduler,
@@ -139,13 +172,17 @@ def _train_and_validate(
         grad_clip_norm=config.optim.grad_clip_norm,
         ema=ema,
         channels_last=compute.channels_last,
-        progress=f"epoch {epoch + 1}/{cfg_train.epochs}",
+        progress=f"epoch {epoch + 1}/{cfg_train.epochs}" if dist.is_main else None,
+        accumulation_steps=loaders.grad_accumulation_steps,
     )
+    train_stats = dist.mean({k: train_stats[k] for k in ("loss", "accuracy")}, weight=train_stats["images"])
     # Both the live and the averaged weights are validated, and the better one is the
     # epoch's candidate: an average that lags (too few steps for its decay) can never make
     # a run worse than training without it.
-    live_stats = evaluate(model, loaders.val, device, precision)
-    ema_stats = evaluate(ema.module, loaders.val, device, precision) if ema is not None else None
+    live_stats = evaluate(model, loaders.val, device, precision, loaders.gather)
+    ema_stats = (
+        evaluate(ema.module, loaders.val, device, precision, loaders.gather) if ema is not None else None
+    )
     kept = _better_weights(cfg_train.early_stopping_metric, live_stats, ema_stats)
     val_stats = ema_stats if kept == "ema" and ema_stats is not None else live_stats
     row = {
@@ -176,9 +213,15 @@ def _better_weights(metric: str, live: dict[str, float], ema: dict[str, float] |
 
 
 def _keep_if_best(
-    config: RunConfig, state: TrainingState, run: RunDir, val_stats: dict[str, float], kept: str, epoch: int
+    config: RunConfig,
+    state: TrainingState,
+    run: RunDir,
+    val_stats: dict[str, float],
+    kept: str,
+    epoch: int,
+    write: bool = True,
 ) -> bool:
-    """Save the kept weights as the best checkpoint if they improved on the best so far."""
+    """Save the kept weights as the best checkpoint (with ``write``) if they improved on the best so far."""
     progress, ema = state.progress, state.ema
     value = val_stats[config.train.early_stopping_metric]
     if not _improved(
@@ -188,7 +231,8 @@ def _keep_if_best(
         return False
     progress.best_value, progress.best_epoch, progress.stale_epochs = value, epoch, 0
     progress.best_weights = kept
-    save_best(run.best_checkpoint, ema.module if kept == "ema" and ema else state.model, epoch, kept)
+    if write:
+        save_best(run.best_checkpoint, ema.module if kept == "ema" and ema else state.model, epoch, kept)
     return True
 
 

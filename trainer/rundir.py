@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from imgcls.errors import ConfigError
-from trainer.config import RunConfig, check_resume_overrides, load_config
+from trainer.config import RESUMABLE_FIELDS, RunConfig, check_resume_overrides, load_config
 from trainer.splits import Splits, read_split_file
 
 __all__ = ["RunDir", "git_sha"]
@@ -87,6 +87,36 @@ class RunDir:
         check_resume_overrides(keys)
         return self.read_config(overrides, values)
 
+    def continuing_config(self, config: RunConfig) -> RunConfig:
+        """The run's own config with ``config``'s resumable fields, for a command rerun as it was (a
+        restarted pod, ``--resume-if-exists``); another recipe under the same run name is refused."""
+        own = self.read_config()
+        resumable = RESUMABLE_FIELDS
+        ignored = ("run_name", "runs_dir", "distributed.")
+
+        def recipe(tree: RunConfig) -> dict[str, object]:
+            flat = _flatten(tree.model_dump(mode="json"))
+            return {
+                k: v
+                for k, v in flat.items()
+                if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in (*resumable, *ignored))
+            }
+
+        mine, theirs = recipe(own), recipe(config)
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if changed:
+            raise ConfigError(
+                f"{self.path} was trained with another recipe ({', '.join(changed[:5])} differ); "
+                "give this one another --run-name, or continue that run with --resume"
+            )
+        wanted = _flatten(config.model_dump(mode="json"))
+        values = {
+            k: v
+            for k, v in wanted.items()
+            if any(k == f or (f.endswith(".") and k.startswith(f)) for f in resumable)
+        }
+        return self.read_config(values=values)
+
     def data_root(self) -> Path:
         """The folder that the paths in ``split.csv`` are relative to."""
         try:
@@ -106,6 +136,16 @@ class RunDir:
             raise ConfigError(
                 f"{self.labels}: cannot read the run's labels ({exc}); is the run complete?"
             ) from None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def git_sha() -> str | None:

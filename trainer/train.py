@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import RandomSampler, Subset
 
 from imgcls.errors import ConfigError, DataError
 from imgcls.manifest import BaselineCheck, PreprocessSpec
@@ -26,9 +30,10 @@ from imgcls.preprocess import eval_transform
 from trainer.baselines import check_against_baselines, likely_causes_of_chance
 from trainer.calibrate import calibrate
 from trainer.checkpoint import Progress, load_training_state
-from trainer.config import RunConfig
+from trainer.config import DistributedRecord, RunConfig
 from trainer.data import BadFile, DataSource, discover, label_matrix, scan_images
 from trainer.datasets import ImageDataset, make_loader
+from trainer.distributed import Distributed, RankSlice, join, micro_batch_size, seed_worker
 from trainer.ema import ModelEma
 from trainer.engine import MixedPrecision, predict
 from trainer.fit import Compute, Loaders, TrainingState, fit
@@ -89,18 +94,111 @@ class Data:
     report: dict | None = None  # data_report.json, written into a new run directory
 
 
-def train(config: RunConfig, *, config_name: str = "run", resume: Path | None = None) -> TrainResult:
-    """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint."""
+def train(
+    config: RunConfig,
+    *,
+    config_name: str = "run",
+    resume: Path | None = None,
+    resume_if_exists: bool = False,
+) -> TrainResult | None:
+    """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint.
+    With ``resume_if_exists``, continue ``runs_dir/run_name`` if it has a checkpoint, so that the same
+    command can simply be rerun (a restarted pod).
+
+    Under torchrun, every process runs this and trains its share (``trainer.distributed``); rank 0
+    alone finds the data, writes the run directory and returns the result, the others return None.
+    """
     started = time.perf_counter()
-    compute = set_up_compute(config)
-    # the data and the model are validated completely before the run directory exists
+    dist = join(config.train.device)
+    try:
+        compute = set_up_compute(config, dist)
+        # the data and the model are validated completely before the run directory exists
+        config, data, run_path, resume, built = _on_rank_zero(
+            dist,
+            lambda: _prepare_run(config, config_name, resume, resume_if_exists, dist),
+            shared=lambda prepared: prepared[:4],
+        )
+        run = RunDir(run_path)
+        built = built or create_run_model(config, data)  # the other ranks' copy: DDP syncs it from rank 0
+        loaders = build_loaders(config, data, compute, dist)
+        state = build_training_state(
+            config, built, train_label_counts(data), loaders, compute, run, resume, dist
+        )
+        fit(config, state, loaders, compute, run, dist)
+        return _test_and_report(config, data, loaders, state, compute, run, started, dist)
+    finally:
+        dist.leave()
+
+
+def _prepare_run(
+    config: RunConfig,
+    config_name: str,
+    resume: Path | None,
+    resume_if_exists: bool,
+    dist: Distributed,
+) -> tuple[RunConfig, Data, Path, Path | None, BuiltModel]:
+    """Rank 0's part of the set-up: the config to train (the run's own, when continuing one), its data
+    and splits, the run directory, and the model."""
+    if resume_if_exists and resume is None:
+        resume = _resumable_run(config)
+        if resume is not None:
+            config = RunDir(resume).continuing_config(config)
+            log.info("continuing %s from its last checkpoint (--resume-if-exists)", resume)
+    cfg_train = config.train
+    micro = micro_batch_size(cfg_train.batch_size, dist.world_size, cfg_train.grad_accumulation_steps)
+    record = DistributedRecord(
+        world_size=dist.world_size,
+        backend=dist.backend,
+        micro_batch_size=micro,
+        global_batch_size=cfg_train.batch_size,
+    )
+    config = config.model_copy(update={"distributed": record})
     data = load_data(config, resume)
-    built = create_run_model(config, data)
+    built = create_run_model(config, data)  # a bad model.* setting fails here, before the run dir exists
     run = _open_run_dir(config, config_name, data, resume)
-    loaders = build_loaders(config, data, compute)
-    state = build_training_state(config, built, train_label_counts(data), loaders, compute, run, resume)
-    fit(config, state, loaders, compute, run)
-    return _test_and_report(config, data, loaders, state, compute, run, started)
+    # the other ranks get the splits, not the scan's findings (those are in data_report.json)
+    return config, replace(data, source=None, report=None), run.path, resume, built
+
+
+def _resumable_run(config: RunConfig) -> Path | None:
+    """``runs_dir/run_name`` when it has a checkpoint to continue; None for a new run. A folder left by
+    a run killed before its first checkpoint is started afresh; a finished run is refused."""
+    if config.run_name is None:
+        raise ConfigError("--resume-if-exists needs a run name to look for: add --run-name NAME")
+    run = RunDir(config.runs_dir / config.run_name)
+    if not run.path.exists():
+        return None
+    if run.metrics_json.is_file():
+        raise ConfigError(
+            f"{run.path} has already finished training (metrics.json is there); "
+            "pick another --run-name to train again"
+        )
+    if run.last_checkpoint.is_file():
+        return run.path
+    if not run.config.is_file():
+        raise ConfigError(f"{run.path} exists and is not a run directory; pick another --run-name")
+    log.warning("%s stopped before its first checkpoint: starting it again", run.path)
+    shutil.rmtree(run.path)
+    return None
+
+
+def _on_rank_zero(dist: Distributed, work: Callable[[], tuple], shared: Callable[[tuple], tuple]) -> tuple:
+    """``work()`` on rank 0; the other ranks get its ``shared`` part, padded with None. If it fails,
+    rank 0 raises the error and the others exit with its exit code: the user reads the message once."""
+    if not dist.enabled:
+        return work()
+    if dist.is_main:
+        try:
+            result = work()
+        except BaseException as exc:
+            dist.broadcast((None, getattr(exc, "exit_code", 1)))
+            raise
+        dist.broadcast((shared(result), None))
+        return result
+    part, exit_code = dist.broadcast((None, None))
+    if exit_code is not None:
+        raise SystemExit(exit_code)
+    return (*part, None)
 
 
 def train_label_counts(data: Data) -> np.ndarray:
@@ -114,12 +212,19 @@ def train_label_counts(data: Data) -> np.ndarray:
 # --- set-up: threads, seeds, device ---
 
 
-def set_up_compute(config: RunConfig) -> Compute:
-    cfg_train = config.train
+def set_up_compute(config: RunConfig, dist: Distributed | None = None) -> Compute:
+    cfg_train, dist = config.train, dist or Distributed()
     if cfg_train.threads:
         torch.set_num_threads(cfg_train.threads)
+    # The same seed everywhere: the model starts alike in every process (DDP checks it, from rank 0's
+    # broadcast); build_training_state moves each rank's augmentation stream apart afterwards.
     _seed_everything(cfg_train.seed, cfg_train.deterministic)
-    device = _device(cfg_train.device)
+    device = dist.device(_device(cfg_train.device))
+    if cfg_train.sync_batchnorm and dist.enabled and device.type != "cuda":
+        raise ConfigError(
+            "train.sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU kernel); on CPU each process "
+            "normalises over its own share of the batch: drop train.sync_batchnorm"
+        )
     precision = MixedPrecision(device, cfg_train.amp)
     channels_last = cfg_train.channels_last == "on" or (
         cfg_train.channels_last == "auto" and device.type == "cuda"
@@ -294,20 +399,19 @@ def _make_run_dir(config: RunConfig, config_name: str) -> RunDir:
 # --- loaders: datasets, transforms, shuffling ---
 
 
-def build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
-    cfg_train, spec, splits = config.train, data.spec, data.splits
+def build_loaders(
+    config: RunConfig, data: Data, compute: Compute, dist: Distributed | None = None
+) -> Loaders:
+    """The three loaders; under torchrun, this rank's share of each (``trainer.distributed``)."""
+    cfg_train, spec, splits, dist = config.train, data.spec, data.splits, dist or Distributed()
     cache = config.data.cache_images == "on" or (
         config.data.cache_images == "auto" and data.decoded_bytes <= _CACHE_LIMIT_BYTES
     )
     eval_tf = eval_transform(spec)
     labels = len(data.class_names) if config.task == "multilabel" else None
-    datasets = {
-        "train": ImageDataset(
-            splits["train"], spec.color_mode, train_transform(spec, config.augment), cache, labels
-        ),
-        "val": ImageDataset(splits["val"], spec.color_mode, eval_tf, cache, labels),
-        "test": ImageDataset(splits["test"], spec.color_mode, eval_tf, cache, labels),
-    }
+    train_set = ImageDataset(
+        splits["train"], spec.color_mode, train_transform(spec, config.augment), cache, labels
+    )
     pin = compute.device.type == "cuda"
     shuffle_generator = torch.Generator()
     # class_balanced: the sampler draws from the same per-epoch generator, so --resume stays exact
@@ -316,22 +420,40 @@ def build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
         if cfg_train.sampler == "class_balanced"
         else None
     )
+    accumulation = cfg_train.grad_accumulation_steps
+    worker_init = partial(seed_worker, dist.rank) if dist.enabled else None
+    if dist.enabled or accumulation > 1:
+        # Whole global batches only, each cut into world_size x accumulation micro-batches
+        steps = len(train_set) // cfg_train.batch_size
+        if steps == 0:
+            raise ConfigError(
+                f"the training split has {len(train_set)} images, fewer than one global batch "
+                f"(train.batch_size={cfg_train.batch_size}); lower train.batch_size"
+            )
+        base = sampler or RandomSampler(train_set, generator=shuffle_generator)
+        per_rank = steps * cfg_train.batch_size // dist.world_size
+        sampler = RankSlice(base, dist.rank, dist.world_size, per_rank)
     train_loader = make_loader(
-        datasets["train"],
-        cfg_train.batch_size,
+        train_set,
+        micro_batch_size(cfg_train.batch_size, dist.world_size, accumulation),
         shuffle=sampler is None,
         num_workers=config.data.num_workers,
         pin_memory=pin,
         generator=shuffle_generator,
-        drop_last=len(datasets["train"]) > cfg_train.batch_size,
+        drop_last=len(train_set) > cfg_train.batch_size,
         sampler=sampler,
+        worker_init_fn=worker_init,
     )
     # Each pass over a loader draws its workers' base seed from its generator. Evaluation gets its own,
     # so how often the run validates (the averaged weights too, with EMA) never shifts the random
     # stream that augmentation draws from: with and without EMA, the live weights train identically.
     val_loader, test_loader = (
         make_loader(
-            datasets[s],
+            Subset(
+                ImageDataset(splits[s], spec.color_mode, eval_tf, cache, labels), dist.shard(len(splits[s]))
+            )
+            if dist.enabled
+            else ImageDataset(splits[s], spec.color_mode, eval_tf, cache, labels),
             cfg_train.eval_batch_size,
             shuffle=False,
             num_workers=config.data.num_workers,
@@ -340,7 +462,14 @@ def build_loaders(config: RunConfig, data: Data, compute: Compute) -> Loaders:
         )
         for s in ("val", "test")
     )
-    return Loaders(train_loader, val_loader, test_loader, shuffle_generator)
+    return Loaders(
+        train_loader,
+        val_loader,
+        test_loader,
+        shuffle_generator,
+        accumulation,
+        dist.gather_predictions if dist.enabled else None,
+    )
 
 
 # --- model and optimisation: device, EMA, optimizer, schedule, loss; or the checkpoint resumed ---
@@ -354,13 +483,18 @@ def build_training_state(
     compute: Compute,
     run: RunDir | None = None,
     resume: Path | None = None,
+    dist: Distributed | None = None,
 ) -> TrainingState:
     """The model on its device, optimizer, schedule, loss, mixer and EMA; with ``resume`` (and its
-    ``run``), the last checkpoint's state loaded into them."""
-    cfg_train, cfg_model = config.train, config.model
+    ``run``), the last checkpoint's state loaded into them. Under torchrun the model trains wrapped in
+    DistributedDataParallel (``TrainingState.step_model``)."""
+    cfg_train, cfg_model, dist = config.train, config.model, dist or Distributed()
     if built.weights_source:
         log.info("model: %s, pretrained weights from %s", cfg_model.name, built.weights_source)
-    model = built.model.to(compute.device)
+    model = built.model
+    if cfg_train.sync_batchnorm and dist.enabled:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(compute.device)
     if compute.channels_last:
         model = model.to(memory_format=torch.channels_last)
     fine_tuning = (
@@ -369,7 +503,7 @@ def build_training_state(
     optimizer = build_optimizer(
         model, config.optim, built.head_prefixes, cfg_model.backbone_lr_scale if fine_tuning else 1.0
     )
-    scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, len(loaders.train))
+    scheduler = build_scheduler(optimizer, config.optim, cfg_train.epochs, loaders.optimizer_steps_per_epoch)
     num_classes = len(train_counts)
     cfg_optim = config.optim
     criterion = build_criterion(
@@ -387,16 +521,33 @@ def build_training_state(
         ),
     ).to(compute.device)
     mixer = batch_mixer(config.augment, num_classes)
-    ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None
+    # Frozen-backbone epochs leave parameters without gradients, which DDP must be told to expect.
+    step_model = dist.wrap(model, compute.device, find_unused_parameters=cfg_model.freeze_backbone_epochs > 0)
+    ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None  # of rank 0's weights
 
     progress = Progress()
     if resume is not None and run is not None:
         progress = load_training_state(
-            run.last_checkpoint, compute.device, model, optimizer, scheduler, compute.precision, ema
+            run.last_checkpoint,
+            compute.device,
+            model,
+            optimizer,
+            scheduler,
+            compute.precision,
+            ema,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
         log.info("resumed %s after epoch %d", run.path, progress.epoch)
-        run.write_config(config, git_sha())  # only once the checkpoint loaded: resume may extend train.epochs
-    return TrainingState(model, built.head_prefixes, optimizer, scheduler, criterion, mixer, ema, progress)
+        if dist.is_main:  # only once the checkpoint loaded: resume may extend train.epochs
+            run.write_config(config, git_sha())
+    elif dist.rank > 0:
+        # every rank starts from the same seed (the same model); from here each augments differently,
+        # rank 0 exactly as one process would
+        _seed_everything(cfg_train.seed + dist.rank, cfg_train.deterministic)
+    return TrainingState(
+        model, built.head_prefixes, optimizer, scheduler, criterion, mixer, ema, progress, step_model
+    )
 
 
 # --- test: the best checkpoint on the test split, the baseline check, the report ---
@@ -410,22 +561,28 @@ def _test_and_report(
     compute: Compute,
     run: RunDir,
     started: float,
-) -> TrainResult:
+    dist: Distributed,
+) -> TrainResult | None:
+    """The best weights on the test split (every rank predicts its share); rank 0 writes the results."""
     model, progress, device, precision = state.model, state.progress, compute.device, compute.precision
     class_names = data.class_names
     best = torch.load(run.best_checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
-    logits, labels = predict(model, loaders.test, device, precision)
-    steps = len(loaders.train) * len(progress.history)
+    logits, labels = predict(model, loaders.test, device, precision, loaders.gather)
+    val_predictions = predict(model, loaders.val, device, precision, loaders.gather)
+    if not dist.is_main:
+        return None
+    steps = loaders.optimizer_steps_per_epoch * len(progress.history)
     likely_causes = likely_causes_of_chance(config, progress, steps)
     multilabel = config.task == "multilabel"
     if multilabel:
-        test, calibration, baseline_check = _evaluate_multilabel(
-            model, data, loaders, compute, logits, labels, likely_causes
+        train_matrix = label_matrix(data.splits["train"], len(class_names))
+        test, calibration, baseline_check = evaluate_multilabel(
+            *val_predictions, logits, labels, class_names, train_matrix, likely_causes
         )
     else:
         test = classification_metrics(logits, labels, class_names)
-        calibration = calibrate(*predict(model, loaders.val, device, precision), logits, labels)
+        calibration = calibrate(*val_predictions, logits, labels)
         baseline_check = check_against_baselines(
             logits.argmax(axis=1),
             labels,
@@ -483,22 +640,6 @@ def _test_and_report(
     if baseline_check.warning:
         log.warning("WARNING: %s (recorded in %s)", baseline_check.warning, run.metrics_json)
     return TrainResult(run.path, scalars, progress.best_epoch, seconds, baseline_check)
-
-
-def _evaluate_multilabel(
-    model: torch.nn.Module,
-    data: Data,
-    loaders: Loaders,
-    compute: Compute,
-    logits: np.ndarray,
-    targets: np.ndarray,
-    likely_causes: list[str],
-) -> tuple[dict, dict, BaselineCheck]:
-    val_logits, val_targets = predict(model, loaders.val, compute.device, compute.precision)
-    train_matrix = label_matrix(data.splits["train"], len(data.class_names))
-    return evaluate_multilabel(
-        val_logits, val_targets, logits, targets, data.class_names, train_matrix, likely_causes
-    )
 
 
 def _write_test_report(
