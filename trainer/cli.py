@@ -1,4 +1,4 @@
-"""``imgcls data|models|train|cv|lr-find|export|report``: the trainer's commands.
+"""``imgcls data|models|train|cv|tune|lr-find|export|report``: the trainer's commands.
 
 ``imgcls.cli`` puts them on the ``imgcls`` command line beside the service's and the benchmarks', and
 turns errors into exit codes there. Each command imports the training libraries only when it runs,
@@ -298,6 +298,82 @@ def cv(
                 f"{row['ci95_high']:.4f}; folds: {', '.join(f'{r[key]:.4f}' for r in result.folds)})"
             )
     typer.echo(f"results: {result.markdown_path}, {result.json_path}")
+
+
+@app.command()
+def tune(
+    config: RequiredConfigOption,
+    space: Annotated[
+        Path,
+        typer.Option(help="YAML search space: config fields and their ranges or choices (docs/training.md)."),
+    ],
+    trials: Annotated[
+        int,
+        typer.Option(min=1, help="The study's total trials: a rerun with more runs only the missing ones."),
+    ],
+    study: Annotated[
+        str | None,
+        typer.Option(help="Study name (default: <config name>-tune); workers on one study share it."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMGCLS_TUNE_STORAGE",
+            help="Optuna storage URL, e.g. postgresql+psycopg://user:pw@host/db for several workers "
+            "(default: SQLite in the study folder).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Study folder: trials' runs, summary.md, importance.png, best.yaml (default: RUNS_DIR/<study>)."
+        ),
+    ] = None,
+    overrides: OverridesOption = None,
+    data: DataOption = None,
+    heartbeat_s: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds between a running trial's heartbeats; a trial silent for twice this is failed and rerun.",
+        ),
+    ] = 60,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the TPE sampler (one worker's choices repeat).")
+    ] = None,
+) -> None:
+    """Search hyperparameters with Optuna: TPE over the space's fields, each trial a training run judged
+    on validation, poor trials pruned between epochs; resumable, and several workers can share a study.
+
+    Example: imgcls tune --config configs/digits.yaml --space configs/digits_space.yaml --trials 20
+    """
+    require_extra("train", "imgcls tune")
+    from trainer.tune import TuneRequest
+    from trainer.tune import tune as run_search
+
+    study_name = study or f"{config.stem}-tune"
+    result = run_search(
+        TuneRequest(
+            config_path=config,
+            space_path=space,
+            trials=trials,
+            study_name=study_name,
+            overrides=tuple(overrides or ()),
+            values=(("data.path", data),) if data is not None else (),
+            storage=storage,
+            out_dir=out,
+            heartbeat_s=heartbeat_s,
+            seed=seed,
+        )
+    )
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.states.items()))
+    typer.echo(f"study {study_name}: {states}")
+    if result.best_trial is not None:
+        typer.echo(f"best: trial {result.best_trial}, val {result.metric} {result.best_value:.4f}")
+        typer.echo(f"best config: {result.best_config} (imgcls train --config {result.best_config})")
+    else:
+        typer.echo("no trial has finished yet", err=True)
+    typer.echo(f"summary: {result.study_dir / 'summary.md'}")
 
 
 @app.command()

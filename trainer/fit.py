@@ -109,8 +109,11 @@ def fit(
     compute: Compute,
     run: RunDir,
     dist: Distributed | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> None:
-    """Train from ``state.progress.epoch`` to ``train.epochs``, or until early stopping.
+    """Train from ``state.progress.epoch`` to ``train.epochs``, or until early stopping. ``on_epoch``
+    hears each epoch's number and the validation scores of the weights it kept, once the epoch is
+    checkpointed (a search prunes a trial from there by raising).
 
     Under torchrun every rank runs the epochs and reaches the same decisions from the same gathered
     validation scores; rank 0 alone writes checkpoints, metrics and TensorBoard.
@@ -143,6 +146,8 @@ def fit(
                 )
                 _write_metrics_csv(run.metrics_csv, progress.history)
             _log_epoch(config, row, improved)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, val_stats)
             if _patience_ran_out(config, progress):
                 break
     dist.barrier()  # the best checkpoint is on disk before any rank reads it back

@@ -100,10 +100,11 @@ def train(
     config_name: str = "run",
     resume: Path | None = None,
     resume_if_exists: bool = False,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult | None:
     """Run the recipe; with ``resume``, continue the run in that directory from its last checkpoint.
     With ``resume_if_exists``, continue ``runs_dir/run_name`` if it has a checkpoint, so that the same
-    command can simply be rerun (a restarted pod).
+    command can simply be rerun (a restarted pod). ``on_epoch`` is :func:`trainer.fit.fit`'s.
 
     Under torchrun, every process runs this and trains its share (``trainer.distributed``); rank 0
     alone finds the data, writes the run directory and returns the result, the others return None.
@@ -124,7 +125,7 @@ def train(
         state = build_training_state(
             config, built, train_label_counts(data), loaders, compute, run, resume, dist
         )
-        fit(config, state, loaders, compute, run, dist)
+        fit(config, state, loaders, compute, run, dist, on_epoch)
         return _test_and_report(config, data, loaders, state, compute, run, started, dist)
     finally:
         dist.leave()

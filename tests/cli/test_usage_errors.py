@@ -109,7 +109,22 @@ def test_the_commands_own_usage_errors_get_the_usage_too(args: list[str], usage:
 @pytest.mark.parametrize(
     ("args", "commands"),
     [
-        ([], ["train", "cv", "lr-find", "export", "evaluate", "serve", "predict", "models", "data", "bench"]),
+        (
+            [],
+            [
+                "train",
+                "cv",
+                "tune",
+                "lr-find",
+                "export",
+                "evaluate",
+                "serve",
+                "predict",
+                "models",
+                "data",
+                "bench",
+            ],
+        ),
         (["bench"], ["load", "runtimes", "batching", "compare", "pipeline"]),
         (["data"], ["digits", "digit-grid"]),
     ],

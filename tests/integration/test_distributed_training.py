@@ -4,17 +4,17 @@ with the same global batch, and ``imgcls train --nproc 2`` runs, resumes and rep
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from torch import nn
+
+from tests.processes import kill_imgcls_once_written
 
 pytestmark = pytest.mark.slow
 
@@ -196,41 +196,9 @@ def test_train_nproc_2_records_the_processes_and_lands_in_the_accuracy_band_of_o
     assert (digits / "models" / "digits").is_dir()
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (torch's launcher starts its workers in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_a_killed_two_process_run_continues_with_resume_if_exists_and_ends_as_an_uninterrupted_one(digits):
     args = _train_args("killed", "--nproc", "2", "--resume-if-exists", "--no-export")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imgcls", *args],
-        cwd=digits,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    checkpoint = digits / "runs" / "killed" / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in [process.pid, *_descendants(process.pid)]:  # as a pod dies: launcher and workers at once
-        os.kill(pid, signal.SIGSTOP)
-    for pid in [process.pid, *_descendants(process.pid)]:
-        os.kill(pid, signal.SIGKILL)
-    process.wait()
+    kill_imgcls_once_written(args, digits, digits / "runs" / "killed" / "checkpoints" / "last.pt")
     assert not (digits / "runs" / "killed" / "metrics.json").exists()
 
     resumed = _imgcls(*args, cwd=digits)
