@@ -60,9 +60,7 @@ def run_imgcls_together(args: list[str], cwd: Path, count: int) -> list[str]:
         )
         for _ in range(count)
     ]
-    logs = []
-    for worker in workers:
-        _, stderr = worker.communicate(timeout=600)
+    logs = [worker.communicate(timeout=600)[1] for worker in workers]  # every pipe read and closed
+    for worker, stderr in zip(workers, logs, strict=True):
         assert worker.returncode == 0, stderr
-        logs.append(stderr)
     return logs

@@ -173,7 +173,12 @@ def train(
     """
     require_extra("train", "imgcls train")
     if nproc > 1:
+        import os
+
         from trainer.launch import relaunch_with_torchrun
+
+        if "WORLD_SIZE" in os.environ:
+            raise click.UsageError("already started by torchrun (WORLD_SIZE is set): drop --nproc")
 
         raise typer.Exit(relaunch_with_torchrun(nproc, _without_nproc(context)))
     if resume is not None and resume_if_exists:

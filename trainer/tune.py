@@ -156,6 +156,14 @@ def _open_study(request: TuneRequest, space: SearchSpace, base: RunConfig, study
                 if attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+    except RuntimeError as exc:
+        if "compatible with the table schema" not in str(exc):
+            raise
+        # Optuna keeps its schema version in an alembic_version table; so do other applications
+        raise ConfigError(
+            f"the database of {_masked(url)} already holds another application's Alembic version table "
+            "(imgcls's feedback store keeps one, for example): give the search a database of its own"
+        ) from None
     except Exception as exc:  # SQLAlchemy's and the drivers' errors: the URL or the server is wrong
         raise ConfigError(
             f"cannot open the study storage {_masked(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}; "

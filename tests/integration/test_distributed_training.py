@@ -233,3 +233,28 @@ def test_a_global_batch_that_does_not_divide_over_the_processes_fails_once_with_
     assert done.returncode == 2
     assert done.stderr.count("train.batch_size=63 is the global batch") == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.cuda
+def test_train_nproc_2_on_cuda_runs_nccl_one_gpu_per_process_with_sync_batchnorm(digits):
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"two NCCL processes need two GPUs; this machine has {torch.cuda.device_count()}")
+    args = _train_args("nccl", "--nproc", "2", "--device", "cuda", "--no-export")
+    done = _imgcls(*args, "--set", "train.sync_batchnorm=true", cwd=digits)
+    assert done.returncode == 0, done.stderr
+    recorded = yaml.safe_load((digits / "runs" / "nccl" / "config.yaml").read_text())
+    assert recorded["distributed"]["backend"] == "nccl" and recorded["distributed"]["world_size"] == 2
+    metrics = yaml.safe_load((digits / "runs" / "nccl" / "metrics.json").read_text())
+    assert metrics["device"] == "cuda:0" and metrics["test"]["accuracy"] > 0.9
+
+
+def test_nproc_under_torchrun_is_a_usage_error(digits):
+    done = subprocess.run(
+        [sys.executable, "-m", "imgcls", *_train_args("nested", "--nproc", "2")],
+        cwd=digits,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WORLD_SIZE": "2"},
+    )
+    assert done.returncode == 2 and "already started by torchrun" in done.stderr

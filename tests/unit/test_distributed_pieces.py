@@ -100,3 +100,26 @@ def test_one_process_is_rank_zero_of_one_and_its_collectives_are_identities():
     assert dist.is_main and not dist.enabled
     assert dist.broadcast("x") == "x" and dist.all_gather(3) == [3]
     assert dist.mean({"loss": 2.0}, weight=5) == {"loss": 2.0}
+
+
+def test_more_processes_than_gpus_on_a_node_is_refused_with_the_fix(monkeypatch):
+    import torch
+
+    from trainer.distributed import join
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"process 1 on this node has no GPU of its own \(1 visible\)"):
+        join("cuda")
+
+
+def test_sync_batchnorm_is_refused_on_cpu_where_torch_has_no_kernel_for_it(tiny_config, tmp_path):
+    from trainer.train import set_up_compute
+
+    config = tiny_config(tmp_path, "train.sync_batchnorm=true", "train.device=cpu")
+    with pytest.raises(ConfigError, match=r"train.sync_batchnorm needs CUDA"):
+        set_up_compute(config, Distributed(rank=0, world_size=2))
+    set_up_compute(config)  # one process: nothing to synchronise, nothing to refuse
