@@ -20,6 +20,7 @@ How a run divides its work, so that N processes train what one process would wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -127,6 +128,13 @@ class Distributed:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters,
         )
+
+    def wait_for_exit_of_rank_zero(self) -> None:
+        """Block until rank 0's process is gone (a barrier it never joins fails then)."""
+        if self.enabled and not self.is_main:
+            # the barrier fails when rank 0 closes its connections: the exit awaited
+            with contextlib.suppress(Exception):
+                torch.distributed.barrier()
 
     def leave(self) -> None:
         if self.enabled and torch.distributed.is_initialized():

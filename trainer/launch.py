@@ -38,7 +38,8 @@ def relaunch_with_torchrun(nproc: int, train_args: list[str]) -> int:
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "imgcls", "train", *train_args)
     except ChildFailedError as failed:
-        first = min(failed.failures)
-        code = failed.failures[first].exitcode
-        return code if code > 0 else 1  # a process killed by a signal reports its negative number
+        # The code a process chose (rank 0's first), not the signal the launcher stopped the rest with
+        # (reported as a negative number).
+        codes = [failed.failures[rank].exitcode for rank in sorted(failed.failures)]
+        return next((code for code in codes if code > 0), 1)
     return 0

@@ -198,6 +198,9 @@ def _on_rank_zero(dist: Distributed, work: Callable[[], tuple], shared: Callable
         return result
     part, exit_code = dist.broadcast((None, None))
     if exit_code is not None:
+        # Rank 0 prints the error as it exits. Leaving first would have the launcher stop it, perhaps
+        # before its message is out: wait in a barrier it never joins, which ends when it is gone.
+        dist.wait_for_exit_of_rank_zero()
         raise SystemExit(exit_code)
     return (*part, None)
 
